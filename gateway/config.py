@@ -1,0 +1,384 @@
+"""YAML -> a typed, validated Config.
+
+Every error names the file, the key path and the fix, and stops the server from starting. A
+connection whose key reference cannot be resolved is not an error: it is disabled with a warning
+(and the reason shown by `/readyz` and in the 503 a client gets when nothing is enabled).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from .presets import PRESETS, AuthStyle, Preset, WireFormat
+
+log = logging.getLogger("gateway.config")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9-]+$")
+GLOB_CHARS = frozenset("*?[")
+
+
+class ConfigError(Exception):
+    """A configuration the gateway refuses to start with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. `first_byte` runs until response headers and, for streams, until the commit."""
+
+    connect: float = 5.0
+    first_byte: float = 20.0
+    idle: float = 60.0
+    total: float = 600.0
+
+
+@dataclass(slots=True)
+class Connection:
+    name: str
+    provider: str
+    wire_format: WireFormat
+    auth: AuthStyle
+    base_url: str | None
+    api_key: str | None = field(repr=False)
+    model: str | None
+    models: dict[str, str]
+    priority: float
+    timeout: Timeouts
+    headers: dict[str, str] = field(repr=False)
+    order: int
+    enabled: bool = True
+    disabled_reason: str | None = None
+
+    def upstream_model(self, requested: str) -> str | None:
+        """The model this connection sends for `requested`, or None when it does not serve it."""
+        mapped = self.models.get(requested)
+        if mapped is not None:
+            return mapped
+        if self.model:
+            return self.model
+        if self.models:  # a connection with only a mapping serves only the names it maps
+            return None
+        return requested
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 32 * 1024 * 1024
+    deadline: float = 60.0
+
+
+@dataclass(slots=True)
+class AuthConfig:
+    client_keys: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(slots=True)
+class Config:
+    source: str
+    server: ServerConfig
+    auth: AuthConfig
+    connections: list[Connection]  # sorted: priority, then config order
+    routes: dict[str, list[str]]  # requested model (exact or glob) -> connection names, in config order
+
+    def connection(self, name: str) -> Connection:
+        return next(c for c in self.connections if c.name == name)
+
+
+# --- reading helpers --------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads one YAML mapping, knowing its file and key path so every error can name both."""
+
+    def __init__(self, source: str, path: str, data: Any) -> None:
+        self.source = source
+        self.path = path
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.fail(f"expected a mapping, got {_kind(data)}", "write it as `key: value` lines")
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, problem: str, fix: str, key: str | None = None) -> NoReturn:
+        where = self.key(key) if key else (self.path or "(top level)")
+        raise ConfigError(f"{self.source}: {where}: {problem}. Fix: {fix}.")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return self.data.get(key, default)
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False, fix: str = "") -> str | None:
+        value = self.get(key)
+        if value is None:
+            if required:
+                self.fail("is required", fix or f"add `{key}:`", key)
+            return default
+        if not isinstance(value, str) or not value:
+            self.fail(f"must be a non-empty string, got {_kind(value)}", fix or "quote the value", key)
+        return value
+
+    def number(self, key: str, default: float, *, integer: bool = False, positive: bool = True) -> Any:
+        value = self.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+            want = "a whole number" if integer else "a number"
+            self.fail(f"must be {want}, got {_kind(value)}", f"write {want}, e.g. `{key}: {default}`", key)
+        if positive and value <= 0:
+            self.fail(f"must be greater than 0, got {value}", f"e.g. `{key}: {default}`", key)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(f"must be true or false, got {_kind(value)}", f"write `{key}: true` or `{key}: false`", key)
+        return value
+
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            self.fail("must map strings to strings", f"write `{key}: {{name: value}}`", key)
+        return dict(value)
+
+    def finish(self) -> None:
+        """Reject keys nobody read: a typo must not silently fall back to a default."""
+        for key in self.data:
+            if key not in self.seen:
+                close = difflib.get_close_matches(str(key), sorted(self.seen), n=1)
+                hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(self.seen))}"
+                self.fail("unknown key", f"remove it or correct it ({hint})", str(key))
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def resolve_reference(value: str) -> tuple[str | None, str | None]:
+    """`env:NAME` -> the variable's value; anything else is a literal. Returns (value, why missing)."""
+    if value.startswith("env:"):
+        var = value[4:]
+        resolved = os.environ.get(var)
+        if not resolved:
+            return None, f"environment variable {var} is not set"
+        return resolved, None
+    return value, None
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _server(source: str, data: Any) -> ServerConfig:
+    r = _Reader(source, "server", data)
+    d = ServerConfig()
+    server = ServerConfig(
+        host=r.string("host", d.host) or d.host,
+        port=r.number("port", d.port, integer=True),
+        max_body_bytes=r.number("max_body_bytes", d.max_body_bytes, integer=True),
+        deadline=float(r.number("deadline", d.deadline)),
+    )
+    if server.port > 65535:
+        r.fail(f"must be a TCP port (1-65535), got {server.port}", "e.g. `port: 8080`", "port")
+    r.finish()
+    return server
+
+
+def _auth(source: str, data: Any) -> AuthConfig:
+    r = _Reader(source, "auth", data)
+    raw = r.get("client_keys") or []
+    if not isinstance(raw, list) or not all(isinstance(k, str) and k for k in raw):
+        r.fail("must be a list of strings", "write `client_keys: [env:GATEWAY_CLIENT_KEY]`", "client_keys")
+    keys = []
+    for ref in raw:
+        value, missing = resolve_reference(ref)
+        if value is None:
+            log.warning("auth.client_keys: %s; that key is not accepted", missing)
+        else:
+            keys.append(value)
+    r.finish()
+    return AuthConfig(client_keys=tuple(keys))
+
+
+def _timeouts(r: _Reader) -> Timeouts:
+    value = r.get("timeout")
+    d = Timeouts()
+    if value is None:
+        return d
+    if not isinstance(value, dict):
+        # a scalar sets first_byte only: the common knob ("how long before I give up on this one")
+        return Timeouts(first_byte=float(r.number("timeout", d.first_byte)))
+    t = _Reader(r.source, r.key("timeout"), value)
+    out = Timeouts(
+        connect=float(t.number("connect", d.connect)),
+        first_byte=float(t.number("first_byte", d.first_byte)),
+        idle=float(t.number("idle", d.idle)),
+        total=float(t.number("total", d.total)),
+    )
+    t.finish()
+    return out
+
+
+def _connection(source: str, index: int, data: Any, names: set[str]) -> Connection:
+    r = _Reader(source, f"connections[{index}]", data)
+    name = r.string("name", required=True, fix="give it a name of letters, digits and hyphens, e.g. `name: groq-main`")
+    assert name is not None
+    if not NAME_RE.match(name):
+        r.fail(f"{name!r} may hold only letters, digits and hyphens", "rename it, e.g. `groq-main`", "name")
+    if name in names:
+        r.fail(f"{name!r} is used by another connection", "give every connection its own name", "name")
+    provider = r.string("provider", required=True, fix=f"set one of: {', '.join(PRESETS)}")
+    assert provider is not None
+    preset: Preset | None = PRESETS.get(provider)
+    if preset is None:
+        close = difflib.get_close_matches(provider, list(PRESETS), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        r.fail(f"unknown provider {provider!r}", f"{hint}use one of: {', '.join(PRESETS)}", "provider")
+
+    disabled: list[str] = []
+    base_ref = r.string("base_url")
+    if base_ref is None and preset.base_url is None:
+        r.fail(f"provider {provider} needs a base URL", "add `base_url: https://host/v1`", "base_url")
+    base_url: str | None
+    if base_ref is not None:
+        base_url, missing = resolve_reference(base_ref)
+        if missing:
+            disabled.append(missing)
+        elif base_url is not None:
+            base_url = _normalise_base_url(r, base_url, preset)
+    else:
+        base_url = preset.base_url
+        params = {
+            p: r.string(p, required=True, fix=f"add `{p}:` (needed by the {provider} base URL)")
+            for p in preset.url_params
+        }
+        if base_url and params:
+            base_url = base_url.format(**params)
+
+    key_ref = r.string("api_key")
+    api_key: str | None = None
+    if key_ref is None:
+        if preset.needs_key:
+            r.fail(
+                f"provider {provider} needs an API key",
+                f"add `api_key: env:{provider.upper().replace('-', '_')}_API_KEY` and set that variable",
+                "api_key",
+            )
+    else:
+        api_key, missing = resolve_reference(key_ref)
+        if missing:
+            disabled.append(missing)
+
+    headers = {}
+    for header, ref in r.string_map("headers").items():
+        value, missing = resolve_reference(ref)
+        if missing:
+            disabled.append(f"header {header}: {missing}")
+        else:
+            headers[header] = value or ""
+    lowered = {h.lower() for h in headers}
+    for needed in preset.required_headers:
+        if needed not in lowered:
+            r.fail(f"provider {provider} requires the {needed} header", f"add `headers: {{{needed}: ...}}`", "headers")
+
+    enabled = r.boolean("enabled", True)
+    if not enabled:
+        disabled.insert(0, "enabled: false in the config")
+    connection = Connection(
+        name=name,
+        provider=provider,
+        wire_format=preset.wire_format,
+        auth=preset.auth,
+        base_url=base_url,
+        api_key=api_key,
+        model=r.string("model"),
+        models=r.string_map("models"),
+        priority=r.number("priority", 100, positive=False),
+        timeout=_timeouts(r),
+        headers=headers,
+        order=index,
+        enabled=not disabled,
+        disabled_reason="; ".join(disabled) or None,
+    )
+    r.finish()
+    if disabled and enabled:
+        log.warning("connection %s is disabled: %s", name, connection.disabled_reason)
+    return connection
+
+
+def _normalise_base_url(r: _Reader, url: str, preset: Preset) -> str:
+    if not re.match(r"^https?://[^/\s]+", url):
+        r.fail(f"{url!r} is not an http(s) URL", "write e.g. `base_url: https://host/v1`", "base_url")
+    url = url.rstrip("/")
+    if preset.api_path and not url.endswith(preset.api_path):
+        url += preset.api_path
+    return url
+
+
+def _routes(source: str, data: Any, names: set[str]) -> dict[str, list[str]]:
+    r = _Reader(source, "routes", data)
+    routes: dict[str, list[str]] = {}
+    for pattern, targets in r.data.items():
+        r.seen.add(pattern)
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+            r.fail(
+                "must be a non-empty list of connection names", f'write `"{pattern}": [conn-a, conn-b]`', str(pattern)
+            )
+        for target in targets:
+            if target not in names:
+                close = difflib.get_close_matches(target, sorted(names), n=1)
+                hint = f"did you mean `{close[0]}`?" if close else f"connections are: {', '.join(sorted(names))}"
+                r.fail(f"names no connection {target!r}", hint, str(pattern))
+        routes[str(pattern)] = list(targets)
+    return routes
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    r = _Reader(source, "", data)
+    server = _server(source, r.get("server"))
+    auth = _auth(source, r.get("auth"))
+    raw_connections = r.get("connections") or []
+    if not isinstance(raw_connections, list):
+        r.fail("must be a list of connections", "write `connections:` followed by `- name: ...` items", "connections")
+    connections: list[Connection] = []
+    names: set[str] = set()
+    for index, item in enumerate(raw_connections):
+        connection = _connection(source, index, item, names)
+        names.add(connection.name)
+        connections.append(connection)
+    connections.sort(key=lambda c: (c.priority, c.order))
+    routes = _routes(source, r.get("routes"), names)
+    r.finish()
+    return Config(source=source, server=server, auth=auth, connections=connections, routes=routes)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: cannot read the file ({exc.strerror}). Fix: pass an existing file with --config."
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ConfigError(f"{source}: not valid YAML at {where}. Fix: correct the syntax there.") from None
+    return parse_config(data, source)

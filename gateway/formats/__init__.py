@@ -1,0 +1,1 @@
+"""One module per wire format, each converting its own requests, responses and streams."""

@@ -1,0 +1,154 @@
+"""Thin HTTP handlers: parse the inbound request, hand it to the router, return its answer."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import ClientApi, GatewayError, render_error
+from .formats.openai_chat import OpenAIRelay
+from .record import RequestRecord
+from .router import plan
+from .state import GATEWAY, RECORD
+
+# Routes that need no client key: probes and scrapers come from other addresses.
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics"})
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def client_api_for(path: str) -> ClientApi:
+    """The API a client speaks, from the path it called: it decides the shape of our errors."""
+    if path.startswith("/v1/messages"):
+        return ClientApi.ANTHROPIC
+    if path.startswith("/v1beta/") or ":generateContent" in path or ":streamGenerateContent" in path:
+        return ClientApi.GEMINI
+    return ClientApi.OPENAI
+
+
+def error_response(api: ClientApi, error: GatewayError) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=render_error(api, error.status, error.message, error.code, error.param),
+        headers={"Content-Type": "application/json", **error.headers},
+    )
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    limit = request.app[GATEWAY].config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
+    raw = await request.read()  # aiohttp's client_max_size also enforces the limit for chunked bodies
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _require(body: dict[str, Any], field: str, kinds: type | tuple[type, ...], what: str) -> Any:
+    value = body.get(field)
+    if value is None:
+        raise GatewayError(
+            400, f"Missing required parameter: '{field}'.", code="missing_required_parameter", param=field
+        )
+    if not isinstance(value, kinds) or isinstance(value, bool) or value in ("", []):
+        raise GatewayError(400, f"Invalid type for '{field}': expected {what}.", code="invalid_type", param=field)
+    return value
+
+
+def _openai_handler(
+    path: str, required: str, what: str, kinds: type | tuple[type, ...], *, same_model_only: bool = False
+):
+    """A handler for one OpenAI generation endpoint served through the router."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        record: RequestRecord = request[RECORD]
+        body = await read_json_object(request)
+        model = _require(body, "model", str, "a string")
+        _require(body, required, kinds, what)
+        if not isinstance(body.get("stream", False), bool):
+            raise GatewayError(
+                400, "Invalid type for 'stream': expected a boolean.", code="invalid_type", param="stream"
+            )
+        relay = OpenAIRelay(path, body, same_model_only=same_model_only)
+        record.model, record.stream = model, relay.stream
+        return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
+
+    return handler
+
+
+chat_completions = _openai_handler("/chat/completions", "messages", "an array of messages", list)
+completions = _openai_handler("/completions", "prompt", "a string or an array", (str, list))
+embeddings = _openai_handler("/embeddings", "input", "a string or an array", (str, list), same_model_only=True)
+
+
+def model_ids(request: web.Request) -> list[tuple[str, str]]:
+    """(id, owner) for every name the gateway serves: model overrides, mapped names, route names."""
+    config = request.app[GATEWAY].config
+    seen: dict[str, str] = {}
+    for connection in config.connections:
+        if not connection.enabled:
+            continue
+        for name in (connection.model, *connection.models):
+            if name and name not in seen:
+                seen[name] = connection.name
+    for pattern in config.routes:
+        if not set("*?[").intersection(pattern) and pattern not in seen:
+            seen[pattern] = "gateway"
+    return list(seen.items())
+
+
+def _model_object(request: web.Request, model_id: str, owner: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": request.app[GATEWAY].started_at, "owned_by": owner}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    data = [_model_object(request, model_id, owner) for model_id, owner in model_ids(request)]
+    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def get_model(request: web.Request) -> web.Response:
+    wanted = request.match_info["model"]
+    for model_id, owner in model_ids(request):
+        if model_id == wanted:
+            return web.json_response(_model_object(request, model_id, owner))
+    raise GatewayError(
+        404, f"The model {wanted!r} does not exist on this gateway.", code="model_not_found", param="model"
+    )
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    body = await request.read() if request.body_exists else b""
+    return await gateway.router.forward(request, request[RECORD], "/" + request.match_info["tail"], body)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    config = request.app[GATEWAY].config
+    connections = [
+        {
+            "name": c.name,
+            "provider": c.provider,
+            "enabled": c.enabled,
+            **({"reason": c.disabled_reason} if not c.enabled else {}),
+        }
+        for c in config.connections
+    ]
+    ready = any(c.enabled for c in config.connections)
+    return web.json_response({"ready": ready, "connections": connections}, status=200 if ready else 503)
+
+
+def request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex

@@ -1,0 +1,71 @@
+"""Provider presets as data: where a provider lives, which wire format it speaks, how it authenticates.
+
+A preset fills in what an operator would otherwise look up; every field can be overridden on the
+connection (`base_url`, `headers`, ...). `openai_compatible` with a `base_url` covers everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class WireFormat(StrEnum):
+    OPENAI = "openai"  # Chat Completions (and the rest of api.openai.com's surface)
+    ANTHROPIC = "anthropic"  # Messages
+    GEMINI = "gemini"  # generateContent
+
+
+class AuthStyle(StrEnum):
+    BEARER = "bearer"  # Authorization: Bearer KEY
+    X_API_KEY = "x-api-key"  # Anthropic
+    GOOG_API_KEY = "x-goog-api-key"  # Gemini: a header, never ?key= (URLs end up in logs)
+    API_KEY = "api-key"  # Azure OpenAI
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    base_url: str | None
+    wire_format: WireFormat = WireFormat.OPENAI
+    auth: AuthStyle = AuthStyle.BEARER
+    needs_key: bool = True
+    # Appended to an operator-given base URL that lacks it (Ollama: the server root is what people know).
+    api_path: str = ""
+    # Headers the provider requires that only the operator can supply.
+    required_headers: tuple[str, ...] = ()
+    # Connection keys the base URL template needs (Azure: the resource name).
+    url_params: tuple[str, ...] = ()
+
+
+PRESETS: dict[str, Preset] = {
+    "openai": Preset("https://api.openai.com/v1"),
+    "anthropic": Preset("https://api.anthropic.com/v1", WireFormat.ANTHROPIC, AuthStyle.X_API_KEY),
+    "gemini": Preset("https://generativelanguage.googleapis.com/v1beta", WireFormat.GEMINI, AuthStyle.GOOG_API_KEY),
+    "openrouter": Preset("https://openrouter.ai/api/v1"),
+    "groq": Preset("https://api.groq.com/openai/v1"),
+    "nvidia": Preset("https://integrate.api.nvidia.com/v1"),
+    "cerebras": Preset("https://api.cerebras.ai/v1"),
+    "sambanova": Preset("https://api.sambanova.ai/v1"),
+    "together": Preset("https://api.together.xyz/v1"),
+    "deepseek": Preset("https://api.deepseek.com/v1"),
+    "xai": Preset("https://api.x.ai/v1"),
+    "perplexity": Preset("https://api.perplexity.ai"),
+    "mistral": Preset("https://api.mistral.ai/v1"),
+    "fireworks": Preset("https://api.fireworks.ai/inference/v1"),
+    "huggingface": Preset("https://router.huggingface.co/v1"),
+    "azure": Preset("https://{resource}.openai.azure.com/openai/v1", auth=AuthStyle.API_KEY, url_params=("resource",)),
+    "opencode-zen": Preset("https://opencode.ai/zen/v1"),
+    "opencode-go": Preset("https://opencode.ai/zen/go/v1", required_headers=("x-opencode-session",)),
+    "ollama": Preset("http://127.0.0.1:11434/v1", auth=AuthStyle.NONE, needs_key=False, api_path="/v1"),
+    "openai_compatible": Preset(None, needs_key=False),
+}
+
+
+def auth_headers(style: AuthStyle, key: str | None) -> dict[str, str]:
+    """The upstream credential headers for a connection; they replace whatever the client sent."""
+    if not key or style is AuthStyle.NONE:
+        return {}
+    if style is AuthStyle.BEARER:
+        return {"Authorization": f"Bearer {key}"}
+    return {style.value: key}

@@ -1,0 +1,453 @@
+"""Which connection serves a request, and when the gateway moves on to the next one.
+
+- `plan` orders the candidate connections for a requested model.
+- `falls_back` is the one rule that decides whether a failed attempt moves on.
+- `verdict` is the answer when every attempt failed.
+- `Router.serve` runs the chain within `server.deadline`, committing a stream only when its first
+  content event arrives, so that any failure before that point can still fall back invisibly.
+
+Nothing here knows a wire format: a `Relay` (one per inbound format) builds each upstream request
+and turns the answer into the client's format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+from .config import GLOB_CHARS, Config, Connection
+from .errors import ErrorKind, GatewayError, Reason, UpstreamError
+from .presets import WireFormat
+from .record import Attempt, RequestRecord, Usage
+from .sse import SSEEvent
+from .transport import (
+    Transport,
+    http_error,
+    is_event_stream,
+    iter_events,
+    join_url,
+    read_body,
+    relayable_headers,
+    upstream_headers,
+)
+
+
+@dataclass(slots=True)
+class Candidate:
+    connection: Connection
+    model: str  # the upstream model name this connection is sent
+    skip: Reason | None = None  # set when the connection is passed over without a request
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """What a relay asks of one connection; the router adds URL base, auth and common headers."""
+
+    path: str  # appended to the connection's base URL, e.g. "/chat/completions"
+    body: bytes
+    headers: dict[str, str]  # format-specific extras
+
+
+class StreamRelay(Protocol):
+    """Turns one attempt's upstream SSE events into client bytes."""
+
+    usage: Usage | None
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
+        """Bytes to send the client (may be empty) and whether the event carries content or a finish.
+        Raises UpstreamError for an error event."""
+        ...
+
+    def end(self) -> bytes:
+        """The upstream closed: trailing bytes for the client, or UpstreamError if it was cut short."""
+        ...
+
+
+class Relay(Protocol):
+    """One inbound request in the client's format, as any connection can be asked for it."""
+
+    stream: bool
+    same_model_only: bool  # embeddings: vectors from different models must not mix
+    stream_content_type: str
+
+    def serves(self, connection: Connection) -> bool: ...
+
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall: ...
+
+    def response_body(self, body: bytes) -> tuple[bytes, Usage | None]:
+        """A 2xx non-streamed body -> the client's body. Raises UpstreamError if it is unusable."""
+        ...
+
+    def stream_relay(self) -> StreamRelay: ...
+
+    def stream_error(self, error: UpstreamError, connection: str) -> bytes:
+        """The client-format error event that ends a stream after commit."""
+        ...
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def route_targets(routes: Mapping[str, list[str]], model: str) -> list[str] | None:
+    """Exact route names win over globs; among globs the first in config order wins."""
+    exact = routes.get(model)
+    if exact is not None:
+        return exact
+    for pattern, names in routes.items():
+        if GLOB_CHARS.intersection(pattern) and fnmatchcase(model, pattern):
+            return names
+    return None
+
+
+def no_connection_message(config: Config) -> str:
+    why = "; ".join(f"{c.name}: {c.disabled_reason}" for c in config.connections)
+    return f"No connection is enabled ({why or 'none is configured'}). Set the missing variables and restart."
+
+
+def plan(config: Config, model: str, relay: Relay) -> list[Candidate]:
+    """The ordered candidates for `model`: a matching route's list, else every enabled connection."""
+    names = route_targets(config.routes, model)
+    if names is None:
+        pool = [c for c in config.connections if c.enabled]
+        if not pool:
+            raise GatewayError(503, no_connection_message(config), code="no_connection")
+    else:
+        pool = [config.connection(n) for n in names]
+    candidates: list[Candidate] = []
+    for connection in pool:
+        upstream = connection.upstream_model(model)
+        if upstream is None:
+            continue
+        skip = None
+        if not connection.enabled:
+            skip = Reason.DISABLED
+        elif not relay.serves(connection):
+            skip = Reason.UNSUPPORTED
+        candidates.append(Candidate(connection, upstream, skip))
+    if relay.same_model_only:
+        first = next((c.model for c in candidates if c.skip is None), None)
+        candidates = [c for c in candidates if c.skip is None and c.model == first]
+    if not candidates:
+        raise GatewayError(
+            404, f"The model {model!r} is not served by any connection.", code="model_not_found", param="model"
+        )
+    return candidates
+
+
+# --- the decisions -------------------------------------------------------------------------------
+
+
+def falls_back(error: UpstreamError) -> bool:
+    """THE fallback rule. Every failure specific to the connection moves on to the next one:
+    connect errors, timeouts, 408/409/425/429/5xx, 401/403 (that connection's key), 404 model not
+    found, and 400s naming context length or an unsupported parameter. A plain 4xx is the client's
+    own mistake: another connection would refuse it too, so it is returned as-is."""
+    return error.reason is not Reason.CLIENT_ERROR
+
+
+_SAME_WAY = {
+    Reason.NOT_FOUND: (404, "model_not_found"),
+    Reason.CONTEXT_LENGTH: (400, "context_length_exceeded"),
+    Reason.UNSUPPORTED: (400, "unsupported_parameter"),
+}
+
+
+def verdict(model: str, failures: list[tuple[str, UpstreamError]], skipped: list[Candidate]) -> GatewayError:
+    """The answer when no attempt succeeded: the common client-meaningful failure, else 502/504."""
+    detail = "; ".join(
+        [f"{name}: {err.reason} ({err.message})" for name, err in failures]
+        + [f"{c.connection.name}: {c.skip}" for c in skipped]
+    )
+    if not failures:
+        if skipped:
+            return GatewayError(503, f"No connection is available for {model!r}: {detail}.", code="no_connection")
+        return GatewayError(504, "The request deadline passed before any connection was tried.", code="timeout")
+    reasons = {err.reason for _, err in failures}
+    if len(reasons) == 1:
+        reason = reasons.pop()
+        if reason is Reason.RATE_LIMITED:
+            waits = [err.retry_after for _, err in failures if err.retry_after is not None]
+            headers = {"Retry-After": str(math.ceil(min(waits)))} if waits else {}
+            return GatewayError(
+                429, f"Every connection is rate limited: {detail}.", code="rate_limited", headers=headers
+            )
+        if reason in _SAME_WAY:
+            status, code = _SAME_WAY[reason]
+            return GatewayError(status, f"Every connection refused the request: {detail}.", code=code)
+    if failures[-1][1].reason is Reason.TIMEOUT:
+        return GatewayError(504, f"All connections failed; the last timed out: {detail}.", code="upstream_timeout")
+    return GatewayError(502, f"All connections failed: {detail}.", code="upstream_error")
+
+
+# --- running the chain ---------------------------------------------------------------------------
+
+_PHASE_WORDS = {"headers": "response headers", "content": "first content event", "body": "complete response body"}
+
+
+def _timeout(phase: str, seconds: float) -> UpstreamError:
+    return UpstreamError(ErrorKind.TIMEOUT, Reason.TIMEOUT, f"no {_PHASE_WORDS[phase]} within {seconds:.3g} s")
+
+
+def _redact(body: bytes, connection: Connection) -> bytes:
+    key = connection.api_key
+    return body.replace(key.encode(), b"[redacted]") if key and key.encode() in body else body
+
+
+class Router:
+    def __init__(self, config: Config, transport: Transport) -> None:
+        self.config = config
+        self.transport = transport
+
+    async def serve(
+        self, request: web.Request, record: RequestRecord, relay: Relay, candidates: list[Candidate]
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        chain_deadline = record.started + self.config.server.deadline
+        failures: list[tuple[str, UpstreamError]] = []
+        skipped: list[Candidate] = []
+        for candidate in candidates:
+            name = candidate.connection.name
+            if candidate.skip is not None:
+                record.attempts.append(Attempt(name, candidate.skip))
+                skipped.append(candidate)
+                continue
+            if loop.time() >= chain_deadline:
+                break
+            attempt = Attempt(name, Reason.OK)
+            record.attempts.append(attempt)
+            try:
+                return await self._attempt(request, record, relay, candidate, attempt, chain_deadline)
+            except UpstreamError as err:
+                attempt.reason, attempt.detail = err.reason, err.message
+                attempt.status = err.status or attempt.status
+                if not falls_back(err):
+                    record.connection = name
+                    return web.Response(
+                        status=err.status or 400,
+                        body=_redact(err.body, candidate.connection),
+                        headers={"Content-Type": err.content_type or "application/json"},
+                    )
+                failures.append((name, err))
+        raise verdict(record.model or "", failures, skipped)
+
+    async def _open(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        connection: Connection,
+        method: str,
+        call: UpstreamCall,
+        chain_deadline: float,
+    ) -> aiohttp.ClientResponse:
+        """Send one upstream request and wait for its headers; raises UpstreamError for a non-2xx."""
+        headers = upstream_headers(connection, request.headers, record.request_id)
+        headers.update(call.headers)
+        url = join_url(connection.base_url or "", call.path)
+        remaining = chain_deadline - asyncio.get_running_loop().time()
+        response = await self.transport.send(
+            method,
+            url,
+            headers,
+            call.body or None,
+            connect_timeout=max(0.001, min(connection.timeout.connect, remaining)),
+        )
+        if response.status >= 400:
+            raise await http_error(response)
+        return response
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        relay: Relay,
+        candidate: Candidate,
+        attempt: Attempt,
+        chain_deadline: float,
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        connection = candidate.connection
+        limits = connection.timeout
+        sent = loop.time()
+        attempt_end = sent + limits.total
+        commit_by = min(sent + limits.first_byte, chain_deadline, attempt_end)
+        upstream: aiohttp.ClientResponse | None = None
+        events: AsyncIterator[SSEEvent] | None = None
+        held: list[bytes] = []
+        phase = "headers"
+        try:
+            try:
+                async with asyncio.timeout_at(commit_by) as timer:
+                    upstream = await self._open(
+                        request, record, connection, "POST", relay.upstream_call(candidate), chain_deadline
+                    )
+                    attempt.status = upstream.status
+                    streaming = relay.stream and is_event_stream(upstream)
+                    if streaming:
+                        phase = "content"
+                        stream = relay.stream_relay()
+                        events = iter_events(upstream)
+                        async for event in events:
+                            out, commits = stream.feed(event)
+                            if out:
+                                held.append(out)
+                            if commits:
+                                break
+                        else:
+                            raise UpstreamError(
+                                ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before any content"
+                            )
+                    else:
+                        phase = "body"
+                        attempt.ttfb = loop.time() - sent
+                        timer.reschedule(min(loop.time() + limits.idle, attempt_end))
+                        body = await read_body(upstream)
+            except TimeoutError:
+                raise _timeout(phase, (commit_by if phase != "body" else attempt_end) - sent) from None
+
+            # Committed: from here on the client sees this connection's answer.
+            record.connection = connection.name
+            if not streaming:
+                payload, record.usage = relay.response_body(body)
+                attempt.duration = loop.time() - sent
+                response = web.Response(
+                    status=upstream.status, body=payload, headers=relayable_headers(upstream.headers)
+                )
+                return response
+            attempt.ttfb = loop.time() - sent
+            record.ttfb = loop.time() - record.started
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": relay.stream_content_type,
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                }
+            )
+            await response.prepare(request)
+            try:
+                await response.write(b"".join(held))
+            except ConnectionResetError:
+                record.client_disconnected = True
+                return response
+            assert events is not None
+            await self._relay_rest(response, events, stream, relay, record, attempt, connection, attempt_end)
+            record.usage = stream.usage
+            attempt.duration = loop.time() - sent
+            return response
+        finally:
+            if events is not None:
+                await events.aclose()  # type: ignore[attr-defined]
+            if upstream is not None:
+                upstream.close()
+
+    async def _relay_rest(
+        self,
+        response: web.StreamResponse,
+        events: AsyncIterator[SSEEvent],
+        stream: StreamRelay,
+        relay: Relay,
+        record: RequestRecord,
+        attempt: Attempt,
+        connection: Connection,
+        attempt_end: float,
+    ) -> None:
+        """After commit: relay event by event; a failure ends the stream with an error event."""
+        loop = asyncio.get_running_loop()
+        idle = connection.timeout.idle
+        failure: UpstreamError | None = None
+        try:
+            async with asyncio.timeout(None) as timer:
+                while True:
+                    timer.reschedule(min(loop.time() + idle, attempt_end))
+                    event = await anext(events, None)
+                    timer.reschedule(attempt_end)  # a slow client is not an idle upstream
+                    if event is None:
+                        tail = stream.end()
+                        if tail:
+                            await response.write(tail)
+                        return
+                    out, _ = stream.feed(event)
+                    if out:
+                        await response.write(out)
+        except TimeoutError:
+            stalled = loop.time() < attempt_end - 0.001
+            failure = UpstreamError(
+                ErrorKind.TIMEOUT,
+                Reason.TIMEOUT,
+                f"stream idle for {idle:g} s" if stalled else f"stream exceeded {connection.timeout.total:g} s",
+            )
+        except UpstreamError as err:
+            failure = err
+        except ConnectionResetError:
+            record.client_disconnected = True
+            return
+        attempt.reason, attempt.detail = failure.reason, failure.message
+        record.failed_after_commit = True
+        try:
+            await response.write(relay.stream_error(failure, connection.name))
+        except ConnectionResetError:
+            record.client_disconnected = True
+
+    async def forward(self, request: web.Request, record: RequestRecord, path: str, body: bytes) -> web.StreamResponse:
+        """Any other `/v1/*` request: as-is to the first enabled OpenAI-format connection, once.
+        Files, batches and uploads are not idempotent, so there is no retry and no fallback."""
+        connection = next(
+            (c for c in self.config.connections if c.enabled and c.wire_format is WireFormat.OPENAI), None
+        )
+        if connection is None:
+            raise GatewayError(503, no_connection_message(self.config), code="no_connection")
+        loop = asyncio.get_running_loop()
+        limits = connection.timeout
+        chain_deadline = record.started + self.config.server.deadline
+        attempt = Attempt(connection.name, Reason.OK)
+        record.attempts.append(attempt)
+        sent = loop.time()
+        call = UpstreamCall(f"{path}?{request.query_string}" if request.query_string else path, body, {})
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                async with asyncio.timeout_at(min(sent + limits.first_byte, chain_deadline)):
+                    upstream = await self._open(request, record, connection, request.method, call, chain_deadline)
+            except TimeoutError:
+                raise _timeout("headers", limits.first_byte) from None
+            except UpstreamError as err:
+                attempt.reason, attempt.detail, attempt.status = err.reason, err.message, err.status
+                if err.kind is not ErrorKind.HTTP_STATUS:
+                    raise verdict(path, [(connection.name, err)], []) from None
+                record.connection = connection.name
+                return web.Response(
+                    status=err.status or 502,
+                    body=_redact(err.body, connection),
+                    headers={"Content-Type": err.content_type or "application/json"},
+                )
+            attempt.status = upstream.status
+            attempt.ttfb = loop.time() - sent
+            record.connection = connection.name
+            response = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
+            await response.prepare(request)
+            try:
+                while True:
+                    async with asyncio.timeout(limits.idle):
+                        chunk = await upstream.content.readany()
+                    if not chunk:
+                        break
+                    await response.write(chunk)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                attempt.reason = Reason.TIMEOUT if isinstance(exc, TimeoutError) else Reason.SERVER_ERROR
+                record.failed_after_commit = True
+                # Headers are out: the only honest signal left is to cut the connection.
+                if request.transport is not None:
+                    request.transport.close()
+            except ConnectionResetError:
+                record.client_disconnected = True
+            attempt.duration = loop.time() - sent
+            return response
+        finally:
+            if upstream is not None:
+                upstream.close()

@@ -1,0 +1,88 @@
+"""Incremental Server-Sent Events parsing and writing.
+
+Upstreams frame with LF or CRLF (or bare CR), split events across any number of reads, send comment
+keep-alives and multi-line data. The parser is fed raw chunks and returns whole events; the writer
+emits each event as one `\\n`-terminated block so it goes to the client in a single write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    data: bytes  # data lines joined with b"\n"
+    event: str | None = None  # the `event:` field, if any
+    comment: bool = False  # a `:` comment line (keep-alive); data holds its text
+
+
+class SSEParser:
+    """Feed bytes, get complete events. Keeps only the unfinished tail between calls."""
+
+    __slots__ = ("_data", "_event", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._data: list[bytes] = []
+        self._event: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._tail + chunk if self._tail else chunk
+        if b"\r" in buf:
+            # A CR at the very end may be the first half of CRLF: keep it until the next read.
+            hold = buf.endswith(b"\r")
+            if hold:
+                buf = buf[:-1]
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if hold:
+                buf += b"\r"
+        lines = buf.split(b"\n")
+        self._tail = lines.pop()
+        events: list[SSEEvent] = []
+        for line in lines:
+            self._line(line, events)
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: an event without its final blank line is still delivered (lenient)."""
+        events: list[SSEEvent] = []
+        if self._tail:
+            self._line(self._tail.rstrip(b"\r"), events)
+            self._tail = b""
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[SSEEvent]) -> None:
+        if not line:
+            if self._data:
+                events.append(SSEEvent(b"\n".join(self._data), self._event))
+            self._data = []
+            self._event = None
+            return
+        if line[0] == 0x3A:  # ":" comment
+            events.append(SSEEvent(line[1:].strip(), comment=True))
+            return
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        # `id` and `retry` carry nothing the gateway uses
+
+
+def encode_event(data: bytes, event: str | None = None) -> bytes:
+    """One SSE event as bytes, `\\n` line endings, ready for a single write."""
+    if b"\n" in data:
+        body = b"".join(b"data: " + line + b"\n" for line in data.split(b"\n"))
+    else:
+        body = b"data: " + data + b"\n"
+    if event:
+        return b"event: " + event.encode() + b"\n" + body + b"\n"
+    return body + b"\n"
+
+
+def encode_comment(text: bytes) -> bytes:
+    return b": " + text + b"\n\n"

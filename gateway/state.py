@@ -1,0 +1,27 @@
+"""What the aiohttp app carries: the loaded configuration and the objects built from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .auth import ClientAuth
+from .config import Config
+from .record import RequestRecord
+from .router import Router
+from .transport import Transport
+
+
+@dataclass(slots=True)
+class Gateway:
+    config: Config
+    transport: Transport
+    router: Router
+    auth: ClientAuth
+    started_at: int  # unix time, the `created` of listed models
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+RECORD = "gateway.record"  # request-scoped RequestRecord
+__all__ = ["GATEWAY", "RECORD", "Gateway", "RequestRecord"]

@@ -1,0 +1,176 @@
+"""The upstream side: one shared client session, building and sending requests, classifying failures.
+
+Nothing here knows about fallback; everything that goes wrong leaves as an `UpstreamError` with a
+kind and a reason, and with a message that holds no key and no URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+
+from .config import Connection
+from .errors import ErrorKind, Reason, UpstreamError, classify_status, parse_retry_after
+from .presets import auth_headers
+from .sse import SSEEvent, SSEParser
+
+# Client headers worth passing upstream; everything else (credentials, OpenAI-Organization /
+# -Project, cookies, hop-by-hop headers, Accept-Encoding) stays behind.
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
+# Upstream response headers never relayed: hop-by-hop, and framing that aiohttp recomputes
+# (bodies arrive decompressed, so their Content-Encoding / Content-Length no longer apply).
+DROPPED_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-encoding",
+        "content-length",
+        "set-cookie",
+        "date",
+        "server",
+    }
+)
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+def join_url(base_url: str, path: str, query: str = "") -> str:
+    """Base URL + the path after `/v1`, keeping prefixes such as `/openai/v1`."""
+    url = base_url.rstrip("/") + "/" + path.lstrip("/")
+    return f"{url}?{query}" if query else url
+
+
+def upstream_headers(connection: Connection, client_headers: Mapping[str, str], request_id: str) -> dict[str, str]:
+    """Allow-listed client headers, the connection's own headers, then its credentials (which win)."""
+    headers = {h: client_headers[h] for h in FORWARDED_REQUEST_HEADERS if h in client_headers}
+    headers["x-request-id"] = request_id
+    headers.update(connection.headers)
+    headers.update(auth_headers(connection.auth, connection.api_key))
+    return headers
+
+
+def relayable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in DROPPED_RESPONSE_HEADERS}
+
+
+def is_event_stream(response: aiohttp.ClientResponse) -> bool:
+    return response.content_type == "text/event-stream"
+
+
+class Transport:
+    """Owns the single upstream ClientSession for the life of the process."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, family=socket.AF_UNSPEC)
+        # trust_env=False: a sidecar's HTTPS_PROXY may point at this gateway; never loop through it.
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False, auto_decompress=True
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, connect_timeout: float
+    ) -> aiohttp.ClientResponse:
+        """Send and wait for the response headers. The caller bounds the wait (first-byte deadline)."""
+        assert self._session is not None, "transport not started"
+        try:
+            return await self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+                allow_redirects=False,
+                skip_auto_headers=("Content-Type",) if body is None else (),
+            )
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamError(
+                ErrorKind.TIMEOUT, Reason.TIMEOUT, f"connect timed out after {connect_timeout:g} s"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(
+                ErrorKind.CONNECT, Reason.CONNECT_ERROR, f"cannot connect ({_os_reason(exc)})"
+            ) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise UpstreamError(
+                ErrorKind.CONNECT, Reason.CONNECT_ERROR, f"connection lost before the response ({type(exc).__name__})"
+            ) from None
+        except aiohttp.ClientResponseError as exc:  # malformed status line or headers
+            raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"malformed response ({exc.status})") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"request failed ({type(exc).__name__})"
+            ) from None
+
+
+def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
+    err = exc.os_error
+    return (err.strerror or type(err).__name__).lower() if err is not None else "unreachable"
+
+
+async def http_error(response: aiohttp.ClientResponse) -> UpstreamError:
+    """Turn a non-2xx response into an error value, keeping its body for a client-facing 4xx."""
+    try:
+        body = await response.content.read(ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, asyncio.IncompleteReadError):
+        body = b""
+    finally:
+        response.release()
+    reason = classify_status(response.status, body)
+    return UpstreamError(
+        ErrorKind.HTTP_STATUS,
+        reason,
+        f"HTTP {response.status}",
+        status=response.status,
+        body=body,
+        content_type=response.headers.get("content-type"),
+        retry_after=parse_retry_after(response.headers),
+    )
+
+
+async def read_body(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.read()
+    except aiohttp.ClientPayloadError:
+        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "response body cut short") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            ErrorKind.CONNECT, Reason.SERVER_ERROR, f"connection lost in the body ({type(exc).__name__})"
+        ) from None
+
+
+async def iter_events(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
+    """The response's SSE events as they arrive; network failures become UpstreamError."""
+    parser = SSEParser()
+    content = response.content
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            for event in parser.feed(chunk):
+                yield event
+    except aiohttp.ClientPayloadError:
+        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream cut short") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            ErrorKind.CONNECT, Reason.SERVER_ERROR, f"connection lost mid-stream ({type(exc).__name__})"
+        ) from None
+    for event in parser.close():
+        yield event
