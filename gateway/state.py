@@ -23,5 +23,5 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
-RECORD = "gateway.record"  # request-scoped RequestRecord
+RECORD = web.RequestKey("record", RequestRecord)
 __all__ = ["GATEWAY", "RECORD", "Gateway", "RequestRecord"]
