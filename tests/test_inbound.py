@@ -21,9 +21,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 async def post(url: str, *, data: bytes | None = None, json: object = None, headers: dict | None = None):
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, data=data, json=json, headers=headers) as response:
-            return response.status, dict(response.headers), await response.read()
+    async with aiohttp.ClientSession() as session, session.post(url, data=data, json=json, headers=headers) as response:
+        return response.status, dict(response.headers), await response.read()
 
 
 @pytest.fixture
@@ -158,10 +157,12 @@ async def test_oversized_body_is_413_in_openai_format(gw):
         for i in range(0, len(big), 1000):
             yield big[i : i + 1000]
 
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{gw.url}/v1/chat/completions", data=chunked(), headers=headers) as response:
-            assert response.status == 413
-            assert (await response.json())["error"]["type"] == "invalid_request_error"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gw.url}/v1/chat/completions", data=chunked(), headers=headers) as response,
+    ):
+        assert response.status == 413
+        assert (await response.json())["error"]["type"] == "invalid_request_error"
 
 
 async def test_unknown_path_and_method_are_openai_errors(gw):
@@ -219,7 +220,7 @@ async def test_no_configured_key_in_logs_headers_or_bodies(start_upstream, start
         ("/v1/embeddings", {"model": "m", "input": "x"}),
         ("/v1/files", {}),
     ]:
-        status, response_headers, raw = await post(f"{gw.url}{path}", json=body, headers=headers)
+        _status, response_headers, raw = await post(f"{gw.url}{path}", json=body, headers=headers)
         seen.append(raw + repr(response_headers).encode())
     everything = b"\n".join(seen) + caplog.text.encode()
     assert b"sk-upstream-secret" not in everything

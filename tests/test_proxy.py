@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import aiohttp
-from aiohttp import web
 import orjson
+from aiohttp import web
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -160,14 +160,16 @@ async def test_compressed_upstream_bodies_are_not_resent_with_stale_encoding(sta
     gw = await start_gateway(
         gateway_config(connection("j", json_upstream), connection("s", stream_upstream), routes={"s": ["s"]})
     )
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        async with session.post(
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.post(
             f"{gw.url}/v1/chat/completions",
             json={"model": "m", "messages": MESSAGES},
             headers={"Authorization": f"Bearer {CLIENT_KEY}", "Accept-Encoding": "gzip"},
-        ) as response:
-            raw = await response.read()
-            encoding = response.headers.get("Content-Encoding")
+        ) as response,
+    ):
+        raw = await response.read()
+        encoding = response.headers.get("Content-Encoding")
     assert "gzip" in upstream_accept_encoding(json_upstream)
     assert encoding is None and orjson.loads(raw)["choices"][0]["message"]["content"].startswith("zipped")
     stream = await gw.client().chat.completions.create(model="s", messages=MESSAGES, stream=True)
