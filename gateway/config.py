@@ -285,13 +285,14 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
             disabled.append(missing)
 
     headers = {}
-    for header, ref in r.string_map("headers").items():
+    configured = r.string_map("headers")
+    for header, ref in configured.items():
         value, missing = resolve_reference(ref)
         if missing:
             disabled.append(f"header {header}: {missing}")
         else:
             headers[header] = value or ""
-    lowered = {h.lower() for h in headers}
+    lowered = {h.lower() for h in configured}  # an unresolved reference disables, it is not missing
     for needed in preset.required_headers:
         if needed not in lowered:
             r.fail(f"provider {provider} requires the {needed} header", f"add `headers: {{{needed}: ...}}`", "headers")

@@ -20,15 +20,23 @@ class SSEEvent:
 class SSEParser:
     """Feed bytes, get complete events. Keeps only the unfinished tail between calls."""
 
-    __slots__ = ("_data", "_event", "_tail")
+    __slots__ = ("_data", "_event", "_started", "_tail")
 
     def __init__(self) -> None:
         self._tail = b""
         self._data: list[bytes] = []
         self._event: str | None = None
+        self._started = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buf = self._tail + chunk if self._tail else chunk
+        if not self._started:  # the spec strips one leading UTF-8 BOM from the stream
+            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
+                self._tail = buf
+                return []
+            self._started = True
+            if buf.startswith(b"\xef\xbb\xbf"):
+                buf = buf[3:]
         if b"\r" in buf:
             # A CR at the very end may be the first half of CRLF: keep it until the next read.
             hold = buf.endswith(b"\r")

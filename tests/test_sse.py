@@ -291,3 +291,11 @@ def test_encoded_events_concatenate_into_a_stream() -> None:
     events = [SSEEvent(b"one"), SSEEvent(b"two\nlines", "multi"), SSEEvent(b"[DONE]")]
     stream = encode_comment(b"ping") + b"".join(encode_event(e.data, e.event) for e in events)
     assert parse_whole(stream) == [SSEEvent(b"ping", comment=True), *events]
+
+
+@pytest.mark.parametrize("split", [0, 1, 2, 3, 4])
+def test_leading_utf8_bom_is_stripped_once_at_any_split(split: int) -> None:
+    raw = b"\xef\xbb\xbfdata: first\n\ndata: \xef\xbb\xbfsecond\n\n"
+    parser = SSEParser()
+    events = parser.feed(raw[:split]) + parser.feed(raw[split:])
+    assert [e.data for e in events] == [b"first", b"\xef\xbb\xbfsecond"]
