@@ -9,6 +9,7 @@ import os
 import sys
 
 from .config import ConfigError, load_config
+from .logs import setup_logging
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config/gateway.yaml")
 
@@ -22,15 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    serve.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-level", help="overrides logging.level (debug, info, warning, error)")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # until the config is read
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    setup_logging(config.logging, args.log_level)
     from .app import serve as run_server
 
     host = args.host or config.server.host

@@ -13,13 +13,14 @@ from . import handlers
 from .auth import ClientAuth
 from .config import Config
 from .errors import GatewayError
+from .logs import log_request
+from .metrics import Metrics
 from .record import RequestRecord
 from .router import Router
 from .state import GATEWAY, RECORD, Gateway
 from .transport import Transport
 
 log = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
 
 _HTTP_MESSAGES = {
     404: "Unknown path: {method} {path}.",
@@ -30,20 +31,26 @@ _HTTP_MESSAGES = {
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Every request: a record, client auth, and errors rendered in the client's own API format."""
+    """Every request: a record, client auth, errors in the client's own API format, metrics, a log line."""
     gateway = request.app[GATEWAY]
     route = request.match_info.route.name or "unmatched"
+    loop = asyncio.get_running_loop()
     record = RequestRecord(
         request_id=handlers.request_id(request),
         route=route,
         client_api=handlers.client_api_for(request.path),
-        started=asyncio.get_running_loop().time(),
+        started=loop.time(),
     )
     request[RECORD] = record
+    if route in handlers.PUBLIC_ROUTES:  # probes and scrapes: no key, no metrics, no log line
+        return await handler(request)
+    if gateway.config.logging.bodies:
+        record.response_body = bytearray()
+    inflight = gateway.metrics.inflight(route)
+    inflight.inc()
     response: web.StreamResponse | None = None
     try:
-        if route not in handlers.PUBLIC_ROUTES:
-            gateway.auth.check(request)
+        gateway.auth.check(request)
         response = await handler(request)
     except GatewayError as err:
         response = handlers.error_response(record.client_api, err)
@@ -58,26 +65,16 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         log.exception("internal error serving request %s", record.request_id)
         response = handlers.error_response(record.client_api, GatewayError(500, "Internal gateway error."))
     finally:
-        record.status = response.status if response is not None else 499
-        _log_request(record)
+        inflight.dec()
+        record.status = response.status if response is not None else 499  # 499: the client went away
+        duration = loop.time() - record.started
+        gateway.metrics.observe(record, duration)
+        log_request(record, duration)
     return response
 
 
-def _log_request(record: RequestRecord) -> None:
-    elapsed = asyncio.get_running_loop().time() - record.started
-    access_log.info(
-        "%s %s status=%s connection=%s attempts=%s duration=%.3f",
-        record.request_id,
-        record.route,
-        record.status,
-        record.connection or "none",
-        record.attempts_header() or "-",
-        elapsed,
-    )
-
-
 async def _add_gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
-    record: RequestRecord | None = request.get(RECORD)
+    record = request.get(RECORD)
     if record is None:
         return
     response.headers["x-request-id"] = record.request_id
@@ -93,6 +90,7 @@ def create_app(config: Config) -> web.Application:
         transport=transport,
         router=Router(config, transport),
         auth=ClientAuth(config.auth.client_keys),
+        metrics=Metrics(config.connections),
         started_at=int(time.time()),
     )
 
@@ -111,16 +109,39 @@ def create_app(config: Config) -> web.Application:
     app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough, name="passthrough")
     app.router.add_get("/healthz", handlers.healthz, name="healthz")
     app.router.add_get("/readyz", handlers.readyz, name="readyz")
+    app.router.add_get("/metrics", handlers.metrics, name="metrics")
     return app
 
 
 async def start(config: Config, host: str, port: int) -> web.AppRunner:
-    """Start serving; returns the runner (its `addresses` say where)."""
+    """Start serving; returns the runner (its `addresses` say where, its `app` holds the state)."""
     # handler_cancellation: a client that hangs up cancels its handler, and so its upstream request.
-    runner = web.AppRunner(create_app(config), handler_cancellation=True, access_log=None)
+    # shutdown_timeout: how long in-flight requests and streams get to finish once the listener closes.
+    runner = web.AppRunner(
+        create_app(config),
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=config.server.drain_timeout,
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     return runner
+
+
+async def drain(runner: web.AppRunner) -> None:
+    """Graceful stop: readiness fails at once; the listener keeps accepting for `drain_delay` (so load
+    balancers and Kubernetes endpoints catch up), then closes; in-flight work gets `drain_timeout`."""
+    gateway = runner.app[GATEWAY]
+    server = gateway.config.server
+    gateway.draining = True
+    log.info(
+        "draining: not ready; accepting for %gs, then up to %gs for in-flight requests",
+        server.drain_delay,
+        server.drain_timeout,
+    )
+    await asyncio.sleep(server.drain_delay)
+    await runner.cleanup()
+    log.info("drained; exiting")
 
 
 async def serve(config: Config, host: str, port: int) -> None:
@@ -132,5 +153,4 @@ async def serve(config: Config, host: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    await runner.cleanup()
+    await drain(runner)

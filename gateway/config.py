@@ -74,6 +74,19 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 32 * 1024 * 1024
     deadline: float = 60.0
+    drain_delay: float = 0.0  # after SIGTERM: keep accepting (readiness already 503) so endpoints update
+    drain_timeout: float = 30.0  # then: how long in-flight requests and streams get to finish
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
+
+
+@dataclass(slots=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "json"
+    bodies: bool = False  # prompts and completions in the request log line
 
 
 @dataclass(slots=True)
@@ -86,6 +99,7 @@ class Config:
     source: str
     server: ServerConfig
     auth: AuthConfig
+    logging: LoggingConfig
     connections: list[Connection]  # sorted: priority, then config order
     routes: dict[str, list[str]]  # requested model (exact or glob) -> connection names, in config order
 
@@ -192,7 +206,12 @@ def _server(source: str, data: Any) -> ServerConfig:
         port=r.number("port", d.port, integer=True),
         max_body_bytes=r.number("max_body_bytes", d.max_body_bytes, integer=True),
         deadline=float(r.number("deadline", d.deadline)),
+        drain_delay=float(r.number("drain_delay", d.drain_delay, positive=False)),
+        drain_timeout=float(r.number("drain_timeout", d.drain_timeout, positive=False)),
     )
+    for key in ("drain_delay", "drain_timeout"):
+        if getattr(server, key) < 0:
+            r.fail(f"must not be negative, got {getattr(server, key)}", f"e.g. `{key}: 5`", key)
     if server.port > 65535:
         r.fail(f"must be a TCP port (1-65535), got {server.port}", "e.g. `port: 8080`", "port")
     r.finish()
@@ -213,6 +232,20 @@ def _auth(source: str, data: Any) -> AuthConfig:
             keys.append(value)
     r.finish()
     return AuthConfig(client_keys=tuple(keys))
+
+
+def _logging(source: str, data: Any) -> LoggingConfig:
+    r = _Reader(source, "logging", data)
+    d = LoggingConfig()
+    level = (r.string("level", d.level) or d.level).lower()
+    if level not in LOG_LEVELS:
+        r.fail(f"unknown level {level!r}", f"use one of: {', '.join(LOG_LEVELS)}", "level")
+    fmt = r.string("format", d.format) or d.format
+    if fmt not in LOG_FORMATS:
+        r.fail(f"unknown format {fmt!r}", f"use one of: {', '.join(LOG_FORMATS)}", "format")
+    out = LoggingConfig(level=level, format=fmt, bodies=r.boolean("bodies", d.bodies))
+    r.finish()
+    return out
 
 
 def _timeouts(r: _Reader) -> Timeouts:
@@ -353,6 +386,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     r = _Reader(source, "", data)
     server = _server(source, r.get("server"))
     auth = _auth(source, r.get("auth"))
+    logging_config = _logging(source, r.get("logging"))
     raw_connections = r.get("connections") or []
     if not isinstance(raw_connections, list):
         r.fail("must be a list of connections", "write `connections:` followed by `- name: ...` items", "connections")
@@ -365,7 +399,9 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     connections.sort(key=lambda c: (c.priority, c.order))
     routes = _routes(source, r.get("routes"), names)
     r.finish()
-    return Config(source=source, server=server, auth=auth, connections=connections, routes=routes)
+    return Config(
+        source=source, server=server, auth=auth, logging=logging_config, connections=connections, routes=routes
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .errors import ClientApi, GatewayError, render_error
 from .formats.openai_chat import OpenAIRelay
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
 from .router import plan
 from .state import GATEWAY, RECORD
@@ -79,6 +80,8 @@ def _openai_handler(
             )
         relay = OpenAIRelay(path, body, same_model_only=same_model_only)
         record.model, record.stream = model, relay.stream
+        if gateway.config.logging.bodies:
+            record.request_body = body
         return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
 
     return handler
@@ -135,18 +138,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    config = request.app[GATEWAY].config
+    """Ready: config loaded, at least one connection enabled, not draining. Lists why any is disabled."""
+    gateway = request.app[GATEWAY]
+    config = gateway.config
     connections = [
-        {
-            "name": c.name,
-            "provider": c.provider,
-            "enabled": c.enabled,
-            **({"reason": c.disabled_reason} if not c.enabled else {}),
-        }
+        {"name": c.name, "provider": c.provider, "enabled": c.enabled}
+        | ({"reason": c.disabled_reason} if not c.enabled else {})
         for c in config.connections
     ]
-    ready = any(c.enabled for c in config.connections)
-    return web.json_response({"ready": ready, "connections": connections}, status=200 if ready else 503)
+    reasons = []
+    if gateway.draining:
+        reasons.append("draining: the gateway is shutting down")
+    if not any(c.enabled for c in config.connections):
+        reasons.append("no connection is enabled")
+    body = {"ready": not reasons, "draining": gateway.draining, "connections": connections}
+    if reasons:
+        body["reasons"] = reasons
+    return web.json_response(body, status=503 if reasons else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 def request_id(request: web.Request) -> str:

@@ -7,6 +7,7 @@ there is one place that sees every attempt.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ClientApi, Reason
 
@@ -27,6 +28,8 @@ class Attempt:
     status: int | None = None  # upstream HTTP status, when one arrived
     ttfb: float | None = None  # request sent -> headers (streams: -> first content event)
     detail: str | None = None  # what went wrong, free of keys and URLs
+    waited: float = 0.0  # of `duration`, the time spent awaiting the upstream (the rest is overhead)
+    skipped: bool = False  # passed over without a request (disabled, unsupported, breaker open, busy)
 
 
 @dataclass(slots=True)
@@ -44,6 +47,9 @@ class RequestRecord:
     usage: Usage | None = None
     client_disconnected: bool = False
     failed_after_commit: bool = False
+    # Only with `logging.bodies: true`: the parsed request, and the answer's bytes as sent (bounded).
+    request_body: Any = None
+    response_body: bytearray | None = None
 
     def attempts_header(self) -> str:
         return ",".join(f"{a.connection}:{a.reason}" for a in self.attempts)

@@ -195,9 +195,37 @@ def _timeout(phase: str, seconds: float) -> UpstreamError:
     return UpstreamError(ErrorKind.TIMEOUT, Reason.TIMEOUT, f"no {_PHASE_WORDS[phase]} within {seconds:.3g} s")
 
 
-def _redact(body: bytes, connection: Connection) -> bytes:
+def _scrub(data: bytes, connection: Connection) -> bytes:
+    """An upstream may echo the key it was sent; it must never reach a client or a log."""
     key = connection.api_key
-    return body.replace(key.encode(), b"[redacted]") if key and key.encode() in body else body
+    return data.replace(key.encode(), b"[redacted]") if key and key.encode() in data else data
+
+
+def _note_failure(attempt: Attempt, error: UpstreamError, connection: Connection) -> None:
+    attempt.reason = error.reason
+    attempt.detail = _scrub(error.message.encode(), connection).decode()
+    attempt.status = error.status or attempt.status
+
+
+def _as_is(error: UpstreamError, connection: Connection) -> web.Response:
+    """An upstream's own 4xx answer, returned to the client unchanged but for an echoed key."""
+    return web.Response(
+        status=error.status or 400,
+        body=_scrub(error.body, connection),
+        headers={"Content-Type": error.content_type or "application/json"},
+    )
+
+
+CAPTURE_LIMIT = 1 << 20
+
+
+def _capture(buffer: bytearray | None, data: bytes) -> None:
+    """With `logging.bodies: true` the record holds what the client was sent (bounded)."""
+    if buffer is not None and len(buffer) < CAPTURE_LIMIT:
+        buffer += data[: CAPTURE_LIMIT - len(buffer)]
+
+
+STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class Router:
@@ -215,7 +243,7 @@ class Router:
         for candidate in candidates:
             name = candidate.connection.name
             if candidate.skip is not None:
-                record.attempts.append(Attempt(name, candidate.skip))
+                record.attempts.append(Attempt(name, candidate.skip, skipped=True))
                 skipped.append(candidate)
                 continue
             if loop.time() >= chain_deadline:
@@ -225,15 +253,10 @@ class Router:
             try:
                 return await self._attempt(request, record, relay, candidate, attempt, chain_deadline)
             except UpstreamError as err:
-                attempt.reason, attempt.detail = err.reason, err.message
-                attempt.status = err.status or attempt.status
+                _note_failure(attempt, err, candidate.connection)
                 if not falls_back(err):
                     record.connection = name
-                    return web.Response(
-                        status=err.status or 400,
-                        body=_redact(err.body, candidate.connection),
-                        headers={"Content-Type": err.content_type or "application/json"},
-                    )
+                    return _as_is(err, candidate.connection)
                 failures.append((name, err))
         raise verdict(record.model or "", failures, skipped)
 
@@ -271,6 +294,7 @@ class Router:
         attempt: Attempt,
         chain_deadline: float,
     ) -> web.StreamResponse:
+        """One connection, until its answer is committed to the client (or it fails before that)."""
         loop = asyncio.get_running_loop()
         connection = candidate.connection
         limits = connection.timeout
@@ -280,6 +304,7 @@ class Router:
         upstream: aiohttp.ClientResponse | None = None
         events: AsyncIterator[SSEEvent] | None = None
         held: list[bytes] = []
+        committed_at: float | None = None
         phase = "headers"
         try:
             try:
@@ -310,37 +335,36 @@ class Router:
                         body = await read_body(upstream)
             except TimeoutError:
                 raise _timeout(phase, (commit_by if phase != "body" else attempt_end) - sent) from None
+            if not streaming:
+                payload, usage = relay.response_body(body)  # an unusable 200 still falls back
 
             # Committed: from here on the client sees this connection's answer.
+            committed_at = loop.time()
+            attempt.waited = committed_at - sent
             record.connection = connection.name
             if not streaming:
-                payload, record.usage = relay.response_body(body)
-                attempt.duration = loop.time() - sent
-                response = web.Response(
-                    status=upstream.status, body=payload, headers=relayable_headers(upstream.headers)
-                )
-                return response
-            attempt.ttfb = loop.time() - sent
-            record.ttfb = loop.time() - record.started
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": relay.stream_content_type,
-                    "Cache-Control": "no-cache",
-                    "X-Accel-Buffering": "no",
-                }
-            )
+                record.usage = usage
+                _capture(record.response_body, payload)
+                return web.Response(status=upstream.status, body=payload, headers=relayable_headers(upstream.headers))
+            attempt.ttfb = committed_at - sent
+            record.ttfb = committed_at - record.started
+            response = web.StreamResponse(headers={**STREAM_HEADERS, "Content-Type": relay.stream_content_type})
             await response.prepare(request)
+            first = b"".join(held)
             try:
-                await response.write(b"".join(held))
+                await response.write(first)
             except ConnectionResetError:
                 record.client_disconnected = True
                 return response
+            _capture(record.response_body, first)
             assert events is not None
             await self._relay_rest(response, events, stream, relay, record, attempt, connection, attempt_end)
             record.usage = stream.usage
-            attempt.duration = loop.time() - sent
             return response
         finally:
+            attempt.duration = loop.time() - sent
+            if committed_at is None:
+                attempt.waited = attempt.duration
             if events is not None:
                 await events.aclose()  # type: ignore[attr-defined]
             if upstream is not None:
@@ -360,21 +384,21 @@ class Router:
         """After commit: relay event by event; a failure ends the stream with an error event."""
         loop = asyncio.get_running_loop()
         idle = connection.timeout.idle
-        failure: UpstreamError | None = None
+        capture = record.response_body
         try:
             async with asyncio.timeout(None) as timer:
                 while True:
                     timer.reschedule(min(loop.time() + idle, attempt_end))
+                    waiting_since = loop.time()
                     event = await anext(events, None)
+                    attempt.waited += loop.time() - waiting_since
                     timer.reschedule(attempt_end)  # a slow client is not an idle upstream
-                    if event is None:
-                        tail = stream.end()
-                        if tail:
-                            await response.write(tail)
-                        return
-                    out, _ = stream.feed(event)
+                    out = stream.end() if event is None else stream.feed(event)[0]
                     if out:
                         await response.write(out)
+                        _capture(capture, out)
+                    if event is None:
+                        return
         except TimeoutError:
             stalled = loop.time() < attempt_end - 0.001
             failure = UpstreamError(
@@ -387,10 +411,10 @@ class Router:
         except ConnectionResetError:
             record.client_disconnected = True
             return
-        attempt.reason, attempt.detail = failure.reason, failure.message
+        _note_failure(attempt, failure, connection)
         record.failed_after_commit = True
         try:
-            await response.write(relay.stream_error(failure, connection.name))
+            await response.write(_scrub(relay.stream_error(failure, connection.name), connection))
         except ConnectionResetError:
             record.client_disconnected = True
 
@@ -409,32 +433,31 @@ class Router:
         record.attempts.append(attempt)
         sent = loop.time()
         call = UpstreamCall(f"{path}?{request.query_string}" if request.query_string else path, body, {})
-        upstream: aiohttp.ClientResponse | None = None
         try:
             try:
                 async with asyncio.timeout_at(min(sent + limits.first_byte, chain_deadline)):
                     upstream = await self._open(request, record, connection, request.method, call, chain_deadline)
             except TimeoutError:
                 raise _timeout("headers", limits.first_byte) from None
-            except UpstreamError as err:
-                attempt.reason, attempt.detail, attempt.status = err.reason, err.message, err.status
-                if err.kind is not ErrorKind.HTTP_STATUS:
-                    raise verdict(path, [(connection.name, err)], []) from None
-                record.connection = connection.name
-                return web.Response(
-                    status=err.status or 502,
-                    body=_redact(err.body, connection),
-                    headers={"Content-Type": err.content_type or "application/json"},
-                )
+        except UpstreamError as err:
+            attempt.duration = attempt.waited = loop.time() - sent
+            _note_failure(attempt, err, connection)
+            if err.kind is not ErrorKind.HTTP_STATUS:
+                raise verdict(path, [(connection.name, err)], []) from None
+            record.connection = connection.name
+            return _as_is(err, connection)
+        try:
             attempt.status = upstream.status
-            attempt.ttfb = loop.time() - sent
+            attempt.ttfb = attempt.waited = loop.time() - sent
             record.connection = connection.name
             response = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
             await response.prepare(request)
             try:
                 while True:
+                    waiting_since = loop.time()
                     async with asyncio.timeout(limits.idle):
                         chunk = await upstream.content.readany()
+                    attempt.waited += loop.time() - waiting_since
                     if not chunk:
                         break
                     await response.write(chunk)
@@ -446,8 +469,7 @@ class Router:
                     request.transport.close()
             except ConnectionResetError:
                 record.client_disconnected = True
-            attempt.duration = loop.time() - sent
             return response
         finally:
-            if upstream is not None:
-                upstream.close()
+            attempt.duration = loop.time() - sent
+            upstream.close()

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .auth import ClientAuth
 from .config import Config
+from .metrics import Metrics
 from .record import RequestRecord
 from .router import Router
 from .transport import Transport
@@ -19,7 +20,9 @@ class Gateway:
     transport: Transport
     router: Router
     auth: ClientAuth
+    metrics: Metrics
     started_at: int  # unix time, the `created` of listed models
+    draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -13,6 +13,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway.auth import ClientAuth, is_loopback
 from gateway.errors import GatewayError
+from gateway.logs import JsonFormatter, TextFormatter
 
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_openai import completion, error_handler, json_handler, stream_handler, text_stream
@@ -222,7 +223,9 @@ async def test_no_configured_key_in_logs_headers_or_bodies(start_upstream, start
     ]:
         _status, response_headers, raw = await post(f"{gw.url}{path}", json=body, headers=headers)
         seen.append(raw + repr(response_headers).encode())
-    everything = b"\n".join(seen) + caplog.text.encode()
+    logged = "\n".join(f(r) for r in caplog.records for f in (JsonFormatter().format, TextFormatter().format))
+    assert "client_error" in logged and "auth_error" in logged  # the attempts, with their details, were logged
+    everything = b"\n".join(seen) + logged.encode()
     assert b"sk-upstream-secret" not in everything
     assert CLIENT_KEY.encode() not in everything
     assert b"[redacted]" in everything  # the echoed key was scrubbed, not the whole body dropped

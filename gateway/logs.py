@@ -1,0 +1,103 @@
+"""Logging: one structured line per request, JSON or text, with no keys and no bodies by default."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from .config import LoggingConfig
+from .record import RequestRecord
+
+request_log = logging.getLogger("gateway.request")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _timestamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, default=str).decode()
+
+
+def setup_logging(config: LoggingConfig, level_override: str | None = None) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel((level_override or config.level).upper())
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def request_fields(record: RequestRecord, duration: float) -> dict[str, Any]:
+    usage = record.usage
+    fields: dict[str, Any] = {
+        "request_id": record.request_id,
+        "route": record.route,
+        "client_format": record.client_api.value,
+        "model": record.model,
+        "stream": record.stream,
+        "status": record.status,
+        "connection": record.connection,
+        "attempts": [
+            {"connection": a.connection, "reason": a.reason.value, "duration_ms": _ms(a.duration), "status": a.status}
+            | ({"detail": a.detail} if a.detail else {})
+            for a in record.attempts
+        ],
+        "duration_ms": _ms(duration),
+        "ttfb_ms": _ms(record.ttfb),
+        "tokens": None
+        if usage is None
+        else {"input": usage.input_tokens, "output": usage.output_tokens, "reasoning": usage.reasoning_tokens},
+    }
+    if usage is not None and usage.estimated:
+        fields["usage_estimated"] = True
+    if record.client_disconnected:
+        fields["client_disconnected"] = True
+    if record.failed_after_commit:
+        fields["failed_after_commit"] = True
+    if record.request_body is not None:
+        fields["request_body"] = record.request_body
+    if record.response_body is not None:
+        fields["response_body"] = record.response_body.decode("utf-8", "replace")
+    return fields
+
+
+def log_request(record: RequestRecord, duration: float) -> None:
+    if request_log.isEnabledFor(logging.INFO):
+        request_log.info("request", extra={"fields": request_fields(record, duration)})
