@@ -104,6 +104,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/v1/chat/completions", handlers.chat_completions, name="chat")
     app.router.add_post("/v1/completions", handlers.completions, name="completions")
     app.router.add_post("/v1/embeddings", handlers.embeddings, name="embeddings")
+    app.router.add_post("/v1/responses", handlers.responses, name="responses")
     app.router.add_get("/v1/models", handlers.list_models, name="models")
     app.router.add_get("/v1/models/{model}", handlers.get_model, name="model")
     app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough, name="passthrough")

@@ -55,6 +55,9 @@ class Connection:
     order: int
     enabled: bool = True
     disabled_reason: str | None = None
+    responses_native: bool = False  # `responses: native`; else Responses requests are downgraded to Chat
+    max_tokens_param: str = "max_tokens"  # or max_completion_tokens
+    reasoning_tags: bool = False  # a leading <think>...</think> in the content is reasoning
 
     def upstream_model(self, requested: str) -> str | None:
         """The model this connection sends for `requested`, or None when it does not serve it."""
@@ -348,11 +351,28 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
         order=index,
         enabled=not disabled,
         disabled_reason="; ".join(disabled) or None,
+        responses_native=_choice(r, "responses", {"native": True, "downgrade": False}, preset.responses_native),
+        max_tokens_param=_choice(
+            r,
+            "max_tokens_param",
+            {"max_tokens": "max_tokens", "max_completion_tokens": "max_completion_tokens"},
+            preset.max_tokens_param,
+        ),
+        reasoning_tags=r.boolean("reasoning_tags", False),
     )
     r.finish()
     if disabled and enabled:
         log.warning("connection %s is disabled: %s", name, connection.disabled_reason)
     return connection
+
+
+def _choice(r: _Reader, key: str, choices: dict[str, Any], default: Any) -> Any:
+    value = r.get(key)
+    if value is None:
+        return default
+    if value not in choices:
+        r.fail(f"must be one of {', '.join(choices)}, got {value!r}", f"write `{key}: {next(iter(choices))}`", key)
+    return choices[value]
 
 
 def _normalise_base_url(r: _Reader, url: str, preset: Preset) -> str:

@@ -9,8 +9,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .bridge import Bridge, PerConnection
 from .errors import ClientApi, GatewayError, render_error
-from .formats.openai_chat import OpenAIRelay
+from .formats import openai_responses as responses_format
+from .formats.openai_chat import ChatUpstream, OpenAIRelay
+from .formats.openai_responses import NativeResponses, ResponsesClient
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
 from .router import plan
@@ -85,6 +88,26 @@ def _openai_handler(
         return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
 
     return handler
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses: natively where the connection serves it, else downgraded to Chat Completions."""
+    gateway = request.app[GATEWAY]
+    record: RequestRecord = request[RECORD]
+    body = await read_json_object(request)
+    model = _require(body, "model", str, "a string")
+    if body.get("input") is None:
+        raise GatewayError(
+            400, "Missing required parameter: 'input'.", code="missing_required_parameter", param="input"
+        )
+    if not isinstance(body.get("stream", False), bool):
+        raise GatewayError(400, "Invalid type for 'stream': expected a boolean.", code="invalid_type", param="stream")
+    bridge = Bridge(ResponsesClient(body, model), responses_format.parse_request(body), [ChatUpstream()])
+    relay = PerConnection(NativeResponses(body), bridge)
+    record.model, record.stream = model, relay.stream
+    if gateway.config.logging.bodies:
+        record.request_body = body
+    return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
 
 
 chat_completions = _openai_handler("/chat/completions", "messages", "an array of messages", list)

@@ -36,10 +36,14 @@ class Preset:
     required_headers: tuple[str, ...] = ()
     # Connection keys the base URL template needs (Azure: the resource name).
     url_params: tuple[str, ...] = ()
+    # Serves POST /responses itself; otherwise Responses requests are downgraded to Chat Completions.
+    responses_native: bool = False
+    # How a Chat Completions upstream is told the output budget (OpenAI's reasoning models refuse max_tokens).
+    max_tokens_param: str = "max_tokens"
 
 
 PRESETS: dict[str, Preset] = {
-    "openai": Preset("https://api.openai.com/v1"),
+    "openai": Preset("https://api.openai.com/v1", responses_native=True, max_tokens_param="max_completion_tokens"),
     "anthropic": Preset("https://api.anthropic.com/v1", WireFormat.ANTHROPIC, AuthStyle.X_API_KEY),
     "gemini": Preset("https://generativelanguage.googleapis.com/v1beta", WireFormat.GEMINI, AuthStyle.GOOG_API_KEY),
     "openrouter": Preset("https://openrouter.ai/api/v1"),
@@ -54,7 +58,13 @@ PRESETS: dict[str, Preset] = {
     "mistral": Preset("https://api.mistral.ai/v1"),
     "fireworks": Preset("https://api.fireworks.ai/inference/v1"),
     "huggingface": Preset("https://router.huggingface.co/v1"),
-    "azure": Preset("https://{resource}.openai.azure.com/openai/v1", auth=AuthStyle.API_KEY, url_params=("resource",)),
+    "azure": Preset(
+        "https://{resource}.openai.azure.com/openai/v1",
+        auth=AuthStyle.API_KEY,
+        url_params=("resource",),
+        responses_native=True,
+        max_tokens_param="max_completion_tokens",
+    ),
     "opencode-zen": Preset("https://opencode.ai/zen/v1"),
     "opencode-go": Preset("https://opencode.ai/zen/go/v1", required_headers=("x-opencode-session",)),
     "ollama": Preset("http://127.0.0.1:11434/v1", auth=AuthStyle.NONE, needs_key=False, api_path="/v1"),

@@ -17,7 +17,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
-    estimated: bool = False
+    cached_tokens: int = 0  # of input_tokens, served from the provider's prompt cache
+    estimated: bool = False  # no usage from the upstream: a documented heuristic
 
 
 @dataclass(slots=True)

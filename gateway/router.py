@@ -44,6 +44,7 @@ class Candidate:
     connection: Connection
     model: str  # the upstream model name this connection is sent
     skip: Reason | None = None  # set when the connection is passed over without a request
+    why: str | None = None  # what made it skip, when that is more than the reason
 
 
 @dataclass(slots=True)
@@ -69,27 +70,29 @@ class StreamRelay(Protocol):
         """The upstream closed: trailing bytes for the client, or UpstreamError if it was cut short."""
         ...
 
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        """The client-format events that end a stream after a failure past the commit point."""
+        ...
+
 
 class Relay(Protocol):
     """One inbound request in the client's format, as any connection can be asked for it."""
 
     stream: bool
     same_model_only: bool  # embeddings: vectors from different models must not mix
-    stream_content_type: str
 
     def serves(self, connection: Connection) -> bool: ...
 
-    def upstream_call(self, candidate: Candidate) -> UpstreamCall: ...
-
-    def response_body(self, body: bytes) -> tuple[bytes, Usage | None]:
-        """A 2xx non-streamed body -> the client's body. Raises UpstreamError if it is unusable."""
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
+        """Raises UpstreamError(unsupported) when the request cannot be expressed for this connection."""
         ...
 
-    def stream_relay(self) -> StreamRelay: ...
-
-    def stream_error(self, error: UpstreamError, connection: str) -> bytes:
-        """The client-format error event that ends a stream after commit."""
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        """A 2xx body (JSON, or SSE from an upstream that streams anyway) -> the client's JSON body.
+        Raises UpstreamError if it is unusable."""
         ...
+
+    def stream_relay(self, candidate: Candidate) -> StreamRelay: ...
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -163,9 +166,11 @@ def verdict(model: str, failures: list[tuple[str, UpstreamError]], skipped: list
     """The answer when no attempt succeeded: the common client-meaningful failure, else 502/504."""
     detail = "; ".join(
         [f"{name}: {err.reason} ({err.message})" for name, err in failures]
-        + [f"{c.connection.name}: {c.skip}" for c in skipped]
+        + [f"{c.connection.name}: {c.skip}" + (f" ({c.why})" if c.why else "") for c in skipped]
     )
     if not failures:
+        if skipped and all(c.skip is Reason.UNSUPPORTED for c in skipped):
+            return GatewayError(400, f"No connection can serve this request: {detail}.", code="unsupported")
         if skipped:
             return GatewayError(503, f"No connection is available for {model!r}: {detail}.", code="no_connection")
         return GatewayError(504, "The request deadline passed before any connection was tried.", code="timeout")
@@ -242,8 +247,14 @@ class Router:
         skipped: list[Candidate] = []
         for candidate in candidates:
             name = candidate.connection.name
-            if candidate.skip is not None:
-                record.attempts.append(Attempt(name, candidate.skip, skipped=True))
+            call = None
+            if candidate.skip is None:
+                try:
+                    call = relay.upstream_call(candidate)
+                except UpstreamError as err:  # the request cannot be expressed for this connection
+                    candidate.skip, candidate.why = err.reason, err.message
+            if call is None:
+                record.attempts.append(Attempt(name, candidate.skip or Reason.UNSUPPORTED, skipped=True))
                 skipped.append(candidate)
                 continue
             if loop.time() >= chain_deadline:
@@ -251,7 +262,7 @@ class Router:
             attempt = Attempt(name, Reason.OK)
             record.attempts.append(attempt)
             try:
-                return await self._attempt(request, record, relay, candidate, attempt, chain_deadline)
+                return await self._attempt(request, record, relay, candidate, call, attempt, chain_deadline)
             except UpstreamError as err:
                 _note_failure(attempt, err, candidate.connection)
                 if not falls_back(err):
@@ -291,6 +302,7 @@ class Router:
         record: RequestRecord,
         relay: Relay,
         candidate: Candidate,
+        call: UpstreamCall,
         attempt: Attempt,
         chain_deadline: float,
     ) -> web.StreamResponse:
@@ -309,14 +321,13 @@ class Router:
         try:
             try:
                 async with asyncio.timeout_at(commit_by) as timer:
-                    upstream = await self._open(
-                        request, record, connection, "POST", relay.upstream_call(candidate), chain_deadline
-                    )
+                    upstream = await self._open(request, record, connection, "POST", call, chain_deadline)
                     attempt.status = upstream.status
-                    streaming = relay.stream and is_event_stream(upstream)
+                    event_stream = is_event_stream(upstream)
+                    streaming = relay.stream and event_stream
                     if streaming:
                         phase = "content"
-                        stream = relay.stream_relay()
+                        stream = relay.stream_relay(candidate)
                         events = iter_events(upstream)
                         async for event in events:
                             out, commits = stream.feed(event)
@@ -335,8 +346,8 @@ class Router:
                         body = await read_body(upstream)
             except TimeoutError:
                 raise _timeout(phase, (commit_by if phase != "body" else attempt_end) - sent) from None
-            if not streaming:
-                payload, usage = relay.response_body(body)  # an unusable 200 still falls back
+            if not streaming:  # an unusable 200 still falls back
+                payload, usage = relay.response_body(candidate, body, event_stream)
 
             # Committed: from here on the client sees this connection's answer.
             committed_at = loop.time()
@@ -345,10 +356,14 @@ class Router:
             if not streaming:
                 record.usage = usage
                 _capture(record.response_body, payload)
-                return web.Response(status=upstream.status, body=payload, headers=relayable_headers(upstream.headers))
+                headers = relayable_headers(upstream.headers)
+                headers["Content-Type"] = "application/json"
+                if usage is not None and usage.estimated:
+                    headers["x-gateway-usage"] = "estimated"
+                return web.Response(status=upstream.status, body=payload, headers=headers)
             attempt.ttfb = committed_at - sent
             record.ttfb = committed_at - record.started
-            response = web.StreamResponse(headers={**STREAM_HEADERS, "Content-Type": relay.stream_content_type})
+            response = web.StreamResponse(headers=STREAM_HEADERS)
             await response.prepare(request)
             first = b"".join(held)
             try:
@@ -358,7 +373,7 @@ class Router:
                 return response
             _capture(record.response_body, first)
             assert events is not None
-            await self._relay_rest(response, events, stream, relay, record, attempt, connection, attempt_end)
+            await self._relay_rest(response, events, stream, record, attempt, connection, attempt_end)
             record.usage = stream.usage
             return response
         finally:
@@ -375,7 +390,6 @@ class Router:
         response: web.StreamResponse,
         events: AsyncIterator[SSEEvent],
         stream: StreamRelay,
-        relay: Relay,
         record: RequestRecord,
         attempt: Attempt,
         connection: Connection,
@@ -414,7 +428,7 @@ class Router:
         _note_failure(attempt, failure, connection)
         record.failed_after_commit = True
         try:
-            await response.write(_scrub(relay.stream_error(failure, connection.name), connection))
+            await response.write(_scrub(stream.error(failure, connection.name), connection))
         except ConnectionResetError:
             record.client_disconnected = True
 

@@ -1,12 +1,16 @@
-"""OpenAI Chat Completions (and legacy completions, embeddings) to OpenAI-format connections.
+"""OpenAI Chat Completions: the same-format fast path, and Chat <-> canonical.
 
-Same format both ways, so bodies and stream events pass through as bytes: only `model` is rewritten
-and streams ask for `stream_options.include_usage`. Each event is parsed, never re-encoded, to see
-whether it carries content (the commit point), usage or an error.
+Same format both ways (`OpenAIRelay`): bodies and stream events pass through as bytes; only `model` is
+rewritten and streams ask for `stream_options.include_usage`. Each event is parsed, never re-encoded,
+to see whether it carries content (the commit point), usage or an error.
+
+As an upstream format for translated requests: `build_request`, `parse_response`, `ChatDecoder`.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import orjson
@@ -16,7 +20,10 @@ from ..errors import ErrorKind, Reason, UpstreamError, classify_status
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
-from ..sse import SSEEvent, encode_comment, encode_event
+from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
+from . import canonical as c
+
+log = logging.getLogger("gateway.formats.chat")
 
 DONE = b"data: [DONE]\n\n"
 # Delta fields whose presence means the model has started answering.
@@ -29,17 +36,25 @@ CONTENT_FIELDS = (
     "refusal",
     "function_call",
 )
+FINISH_REASONS: dict[str, c.Finish] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
 
 
 def usage_from(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
-    details = usage.get("completion_tokens_details")
-    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    completion = usage.get("completion_tokens_details")
+    prompt = usage.get("prompt_tokens_details")
     return Usage(
         input_tokens=_int(usage.get("prompt_tokens")),
         output_tokens=_int(usage.get("completion_tokens")),
-        reasoning_tokens=_int(reasoning),
+        reasoning_tokens=_int(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0,
+        cached_tokens=_int(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
     )
 
 
@@ -59,12 +74,24 @@ def error_from_payload(error: Any) -> UpstreamError:
     else:
         message, status = str(error), 500
     reason = classify_status(status, message.encode())
-    # The upstream's own text stays out of the reason vocabulary but may reach the client's error event.
-    return UpstreamError(ErrorKind.PROTOCOL, reason, f"error event from upstream: {message[:200]}", status=None)
+    return UpstreamError(ErrorKind.PROTOCOL, reason, f"error event from upstream: {message[:200]}")
 
 
-def _bad(message: str) -> UpstreamError:
+def bad(message: str) -> UpstreamError:
     return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, message)
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise bad(f"{what} is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise bad(f"{what} is not a JSON object")
+    return parsed
+
+
+# --- same format: the byte fast path ----------------------------------------------------------------
 
 
 class ChatStream:
@@ -87,12 +114,7 @@ class ChatStream:
             return DONE, False
         if self.done:
             return b"", False
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise _bad("stream event is not JSON") from None
-        if not isinstance(chunk, dict):
-            raise _bad("stream event is not a JSON object")
+        chunk = _json_object(data, "stream event")
         if chunk.get("error") is not None:
             raise error_from_payload(chunk["error"])
         usage = chunk.get("usage")
@@ -105,7 +127,7 @@ class ChatStream:
         commits = False
         for choice in choices:
             if not isinstance(choice, dict):
-                raise _bad("stream choice is not an object")
+                raise bad("stream choice is not an object")
             if choice.get("finish_reason"):
                 self.finished = commits = True
             delta = choice.get("delta")
@@ -119,13 +141,22 @@ class ChatStream:
         if self.finished:  # some servers omit the terminator after a finish: add it
             self.done = True
             return DONE
-        raise _bad("stream ended before it finished")
+        raise bad("stream ended before it finished")
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        return stream_error(error, connection)
+
+
+def stream_error(error: UpstreamError, connection: str) -> bytes:
+    """The event that ends a Chat stream after a failure (the openai SDK raises APIError on it)."""
+    message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
+    return encode_event(
+        orjson.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": error.reason}})
+    )
 
 
 class OpenAIRelay:
     """A Chat Completions, completions or embeddings request for OpenAI-format connections."""
-
-    stream_content_type = "text/event-stream"
 
     def __init__(self, path: str, body: dict[str, Any], *, same_model_only: bool = False) -> None:
         self.path = path
@@ -146,22 +177,361 @@ class OpenAIRelay:
             body["stream_options"] = {**self.stream_options, "include_usage": True}
         return UpstreamCall(self.path, orjson.dumps(body), {"Content-Type": "application/json"})
 
-    def response_body(self, body: bytes) -> tuple[bytes, Usage | None]:
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise _bad("2xx response body is not JSON") from None
-        if not isinstance(parsed, dict):
-            raise _bad("2xx response body is not a JSON object")
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        if event_stream:  # an upstream that streams although asked for JSON: answer with one JSON body
+            response = aggregate(body, candidate.connection)
+            return orjson.dumps(render_response(response, response.model or candidate.model)), response.usage
+        parsed = _json_object(body, "2xx response body")
         if parsed.get("error") is not None and not parsed.get("choices") and not parsed.get("data"):
             raise error_from_payload(parsed["error"])
         return body, usage_from(parsed.get("usage"))
 
-    def stream_relay(self) -> ChatStream:
+    def stream_relay(self, candidate: Candidate) -> ChatStream:
         return ChatStream(self.wants_usage)
 
-    def stream_error(self, error: UpstreamError, connection: str) -> bytes:
-        message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
-        return encode_event(
-            orjson.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": error.reason}})
+
+# --- Chat Completions as an upstream format for translated requests ---------------------------------
+
+
+def _content_part(part: c.Part) -> dict[str, Any]:
+    if isinstance(part, c.Text):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, c.Image):
+        image: dict[str, Any] = {"url": part.url}
+        if part.detail:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    file = {k: v for k, v in (("file_data", part.data), ("file_id", part.file_id), ("filename", part.filename)) if v}
+    return {"type": "file", "file": file}
+
+
+def _message(message: c.Message) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.text()}
+    if message.role == "assistant":
+        out: dict[str, Any] = {"role": "assistant", "content": message.text() or None}
+        if message.tool_calls:
+            out["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in message.tool_calls
+            ]
+        return out
+    if message.role == "system" or all(isinstance(p, c.Text) for p in message.content):
+        return {"role": message.role, "content": message.text()}
+    return {"role": message.role, "content": [_content_part(p) for p in message.content]}
+
+
+def build_request(request: c.Request, model: str, connection: Connection) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in request.messages]}
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    k: v
+                    for k, v in (
+                        ("name", tool.name),
+                        ("description", tool.description),
+                        ("parameters", tool.parameters),
+                        ("strict", tool.strict),
+                    )
+                    if v is not None
+                },
+            }
+            for tool in request.tools
+        ]
+    if request.forced_tool:
+        body["tool_choice"] = {"type": "function", "function": {"name": request.forced_tool}}
+    elif request.tool_choice:
+        body["tool_choice"] = request.tool_choice
+    if request.parallel_tool_calls is not None and request.tools:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.max_output_tokens is not None:
+        body[connection.max_tokens_param] = request.max_output_tokens
+    for key in ("temperature", "top_p", "stop", "reasoning_effort", "user"):
+        value = getattr(request, key)
+        if value is not None:
+            body[key] = value
+    if request.metadata:
+        body["metadata"] = request.metadata
+    fmt = request.output_format
+    if fmt is not None and fmt.type == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif fmt is not None and fmt.type == "json_schema":
+        schema = {"name": fmt.name or "response", "schema": fmt.schema or {}}
+        if fmt.strict is not None:
+            schema["strict"] = fmt.strict
+        if fmt.description:
+            schema["description"] = fmt.description
+        body["response_format"] = {"type": "json_schema", "json_schema": schema}
+    if request.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _reasoning_text(holder: dict[str, Any]) -> str:
+    """Reasoning as OpenAI-compatible providers send it: reasoning_content, reasoning, reasoning_details."""
+    for key in ("reasoning_content", "reasoning"):
+        value = holder.get(key)
+        if isinstance(value, str) and value:
+            return value
+    details = holder.get("reasoning_details")
+    if isinstance(details, list):
+        return "".join(
+            d.get("text") or d.get("summary") or ""
+            for d in details
+            if isinstance(d, dict) and isinstance(d.get("text") or d.get("summary") or "", str)
         )
+    return ""
+
+
+def _finish(value: Any) -> c.Finish:
+    if value == "error":
+        raise bad("the upstream finished with an error")
+    return FINISH_REASONS.get(value, "stop") if isinstance(value, str) else "stop"
+
+
+def parse_response(body: bytes, connection: Connection) -> c.Response:
+    parsed = _json_object(body, "2xx response body")
+    if parsed.get("error") is not None and not parsed.get("choices"):
+        raise error_from_payload(parsed["error"])
+    choices = parsed.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise bad("response has no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise bad("response choice has no message")
+    text = message.get("content") if isinstance(message.get("content"), str) else ""
+    reasoning = _reasoning_text(message)
+    if connection.reasoning_tags and not reasoning:
+        reasoning, text = split_think(text or "")
+    calls = []
+    for raw in message.get("tool_calls") or []:
+        function = raw.get("function") if isinstance(raw, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad("malformed tool call in response")
+        arguments = function.get("arguments")
+        calls.append(
+            c.ToolCall(
+                str(raw.get("id") or f"call_{len(calls)}"),
+                function["name"],
+                arguments if isinstance(arguments, str) else orjson.dumps(arguments or {}).decode(),
+            )
+        )
+    return c.Response(
+        text=text or "",
+        reasoning=reasoning,
+        tool_calls=calls,
+        finish="tool_calls"
+        if calls and choice.get("finish_reason") in (None, "stop")
+        else _finish(choice.get("finish_reason")),
+        usage=usage_from(parsed.get("usage")),
+        refusal=message.get("refusal") if isinstance(message.get("refusal"), str) else None,
+        id=parsed.get("id") if isinstance(parsed.get("id"), str) else None,
+        model=parsed.get("model") if isinstance(parsed.get("model"), str) else None,
+    )
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a whole content string with a leading <think> block."""
+    splitter = ThinkSplitter()
+    reasoning, answer = splitter.split(text)
+    rest_reasoning, rest_answer = splitter.flush()
+    return reasoning + rest_reasoning, answer + rest_answer
+
+
+class ThinkSplitter:
+    """Separates a leading `<think>...</think>` from the answer, across arbitrary stream splits."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self.state = "start"  # start -> thinking -> answer
+        self.pending = ""
+
+    def split(self, text: str) -> tuple[str, str]:
+        """(reasoning, answer) to emit for this piece of content."""
+        buf, self.pending = self.pending + text, ""
+        if self.state == "start":
+            stripped = buf.lstrip()
+            if stripped.startswith(self.OPEN):
+                self.state = "thinking"
+                buf = stripped[len(self.OPEN) :]
+            elif self.OPEN.startswith(stripped):  # could still become the opening tag
+                self.pending = buf
+                return "", ""
+            else:
+                self.state = "answer"
+                return "", buf
+        reasoning = ""
+        if self.state == "thinking":
+            end = buf.find(self.CLOSE)
+            if end < 0:
+                keep = _partial_suffix(buf, self.CLOSE)  # hold what may be the start of </think>
+                self.pending = buf[len(buf) - keep :]
+                return buf[: len(buf) - keep], ""
+            reasoning, buf = buf[:end], buf[end + len(self.CLOSE) :]
+            self.state = "answer_start"
+        if self.state == "answer_start":  # the blank lines after </think> are not the answer
+            buf = buf.lstrip("\n")
+            if buf:
+                self.state = "answer"
+        return reasoning, buf
+
+    def flush(self) -> tuple[str, str]:
+        pending, self.pending = self.pending, ""
+        if self.state == "thinking":
+            return pending, ""
+        return "", pending
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """How many trailing characters of `text` could begin `tag`."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+class ChatDecoder:
+    """Chat Completions stream events -> canonical events."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.splitter = ThinkSplitter() if connection.reasoning_tags else None
+        self.started: set[int] = set()
+        self.finished = False
+        self.done = False
+
+    def feed(self, event: SSEEvent) -> list[c.Event]:
+        if event.comment or self.done:
+            return []
+        if event.data == b"[DONE]":
+            self.done = True
+            return []
+        chunk = _json_object(event.data, "stream event")
+        if chunk.get("error") is not None:
+            raise error_from_payload(chunk["error"])
+        out: list[c.Event] = []
+        choices = chunk.get("choices") or []
+        for choice in choices[:1]:
+            if not isinstance(choice, dict):
+                raise bad("stream choice is not an object")
+            delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                raise bad("stream delta is not an object")
+            reasoning = _reasoning_text(delta)
+            if reasoning:
+                out.append(c.ReasoningDelta(reasoning))
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                self._content(content, out)
+            for raw in delta.get("tool_calls") or []:
+                self._tool_call(raw, out)
+            if choice.get("finish_reason"):
+                if self.splitter is not None:
+                    self._flush(out)
+                reason = _finish(choice["finish_reason"])
+                out.append(c.FinishEvent("tool_calls" if self.started and reason == "stop" else reason))
+                self.finished = True
+        usage = usage_from(chunk.get("usage"))
+        if usage is not None:
+            out.append(c.UsageEvent(usage))
+        return out
+
+    def _content(self, content: str, out: list[c.Event]) -> None:
+        if self.splitter is None:
+            out.append(c.TextDelta(content))
+            return
+        reasoning, answer = self.splitter.split(content)
+        if reasoning:
+            out.append(c.ReasoningDelta(reasoning))
+        if answer:
+            out.append(c.TextDelta(answer))
+
+    def _flush(self, out: list[c.Event]) -> None:
+        assert self.splitter is not None
+        reasoning, answer = self.splitter.flush()
+        if reasoning:
+            out.append(c.ReasoningDelta(reasoning))
+        if answer:
+            out.append(c.TextDelta(answer))
+
+    def _tool_call(self, raw: Any, out: list[c.Event]) -> None:
+        if not isinstance(raw, dict):
+            raise bad("stream tool call is not an object")
+        index = raw.get("index", 0)
+        function = raw.get("function") or {}
+        if not isinstance(index, int) or not isinstance(function, dict):
+            raise bad("malformed stream tool call")
+        if index not in self.started:
+            name = function.get("name")
+            if not isinstance(name, str) or not name:
+                raise bad("stream tool call starts without a name")
+            self.started.add(index)
+            out.append(c.ToolCallStart(index, str(raw.get("id") or f"call_{index}"), name))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            out.append(c.ToolCallDelta(index, arguments))
+
+    def end(self) -> list[c.Event]:
+        if not self.finished:
+            raise bad("stream ended before it finished")
+        return []
+
+
+def aggregate(body: bytes, connection: Connection) -> c.Response:
+    """A whole Chat SSE body -> one canonical Response."""
+    parser = SSEParser()
+    decoder = ChatDecoder(connection)
+    accumulator = c.Accumulator()
+    for event in parser.feed(body) + parser.close():
+        accumulator.add(decoder.feed(event))
+    accumulator.add(decoder.end())
+    return accumulator.result()
+
+
+def render_response(response: c.Response, model: str) -> dict[str, Any]:
+    """A canonical Response as a Chat Completions body."""
+    message: dict[str, Any] = {"role": "assistant", "content": response.text or None, "refusal": response.refusal}
+    if response.reasoning:
+        message["reasoning_content"] = response.reasoning
+    if response.tool_calls:
+        message["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in response.tool_calls
+        ]
+    body: dict[str, Any] = {
+        "id": response.id or "chatcmpl-gateway",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": response.finish}],
+    }
+    if response.usage is not None:
+        usage = response.usage
+        body["usage"] = {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        }
+    return body
+
+
+class ChatUpstream:
+    """Chat Completions as the upstream format of a translated request."""
+
+    wire_format = WireFormat.OPENAI
+
+    def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
+        body = build_request(request, candidate.model, candidate.connection)
+        return UpstreamCall("/chat/completions", orjson.dumps(body), {"Content-Type": "application/json"})
+
+    def parse(self, body: bytes, connection: Connection) -> c.Response:
+        return parse_response(body, connection)
+
+    def decoder(self, connection: Connection) -> ChatDecoder:
+        return ChatDecoder(connection)

@@ -1,0 +1,158 @@
+"""Translation between a client's format and a connection's format, through the canonical model.
+
+A `Bridge` pairs one client format (how answers are rendered for the client) with the upstream
+formats it can reach (how requests are built and answers read). `PerConnection` sends each
+candidate either through a same-format byte fast path or through the bridge.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .config import Connection
+from .errors import ErrorKind, Reason, UpstreamError
+from .formats import canonical as c
+from .presets import WireFormat
+from .record import Usage
+from .router import Candidate, StreamRelay, UpstreamCall
+from .sse import SSEEvent, SSEParser
+
+
+class Decoder(Protocol):
+    def feed(self, event: SSEEvent) -> list[c.Event]: ...
+
+    def end(self) -> list[c.Event]: ...
+
+
+class UpstreamFormat(Protocol):
+    wire_format: WireFormat
+
+    def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall: ...
+
+    def parse(self, body: bytes, connection: Connection) -> c.Response: ...
+
+    def decoder(self, connection: Connection) -> Decoder: ...
+
+
+class Encoder(Protocol):
+    def encode(self, events: list[c.Event]) -> bytes: ...
+
+    def finish_stream(self, usage: Usage | None) -> bytes: ...
+
+    def error(self, error: UpstreamError, connection: str) -> bytes: ...
+
+
+class ClientFormat(Protocol):
+    def render(self, response: c.Response) -> bytes: ...
+
+    def encoder(self) -> Encoder: ...
+
+
+class BridgeStream:
+    """One attempt: upstream events -> canonical events -> client events."""
+
+    def __init__(self, decoder: Decoder, encoder: Encoder, request: c.Request) -> None:
+        self.decoder = decoder
+        self.encoder = encoder
+        self.request = request
+        self.usage: Usage | None = None
+        self.answer = c.Accumulator()  # kept for a usage estimate when the upstream reports none
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
+        events = self.decoder.feed(event)
+        if not events:
+            return b"", False
+        self._note(events)
+        return self.encoder.encode(events), c.carries_content(events)
+
+    def _note(self, events: list[c.Event]) -> None:
+        self.answer.add(events)
+        for event in events:
+            if isinstance(event, c.UsageEvent):
+                self.usage = event.usage
+
+    def end(self) -> bytes:
+        events = self.decoder.end()
+        self._note(events)
+        out = self.encoder.encode(events)
+        if self.usage is None:
+            answer = self.answer.result()
+            self.usage = c.estimate_usage(self.request, answer.text, answer.reasoning, answer.tool_calls)
+        return out + self.encoder.finish_stream(self.usage)
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        return self.encoder.error(error, connection)
+
+
+class Bridge:
+    """A request in one format, served by connections of other formats through the canonical model."""
+
+    def __init__(self, client: ClientFormat, request: c.Request, upstreams: list[UpstreamFormat]) -> None:
+        self.client = client
+        self.request = request
+        self.upstreams = {u.wire_format: u for u in upstreams}
+        self.stream = request.stream
+        self.same_model_only = False
+
+    def serves(self, connection: Connection) -> bool:
+        return connection.wire_format in self.upstreams
+
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
+        if self.request.unsupported:
+            raise UpstreamError(ErrorKind.PROTOCOL, Reason.UNSUPPORTED, "; ".join(self.request.unsupported))
+        return self.upstreams[candidate.connection.wire_format].call(self.request, candidate)
+
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        upstream = self.upstreams[candidate.connection.wire_format]
+        if event_stream:  # the upstream streamed although asked for JSON: fold it into one answer
+            decoder = upstream.decoder(candidate.connection)
+            answer = c.Accumulator()
+            parser = SSEParser()
+            for event in parser.feed(body) + parser.close():
+                answer.add(decoder.feed(event))
+            answer.add(decoder.end())
+            response = answer.result()
+        else:
+            response = upstream.parse(body, candidate.connection)
+        if response.usage is None:
+            response.usage = c.estimate_usage(self.request, response.text, response.reasoning, response.tool_calls)
+        return self.client.render(response), response.usage
+
+    def stream_relay(self, candidate: Candidate) -> StreamRelay:
+        upstream = self.upstreams[candidate.connection.wire_format]
+        return BridgeStream(upstream.decoder(candidate.connection), self.client.encoder(), self.request)
+
+
+class SameFormat(Protocol):
+    def serves(self, connection: Connection) -> bool: ...
+
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall: ...
+
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]: ...
+
+    def stream_relay(self, candidate: Candidate) -> StreamRelay: ...
+
+
+class PerConnection:
+    """Each candidate through the byte fast path where it speaks the client's format, else the bridge."""
+
+    def __init__(self, same_format: SameFormat, bridge: Bridge) -> None:
+        self.same_format = same_format
+        self.bridge = bridge
+        self.stream = bridge.stream
+        self.same_model_only = bridge.same_model_only
+
+    def _for(self, connection: Connection) -> SameFormat | Bridge:
+        return self.same_format if self.same_format.serves(connection) else self.bridge
+
+    def serves(self, connection: Connection) -> bool:
+        return self.same_format.serves(connection) or self.bridge.serves(connection)
+
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
+        return self._for(candidate.connection).upstream_call(candidate)
+
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        return self._for(candidate.connection).response_body(candidate, body, event_stream)
+
+    def stream_relay(self, candidate: Candidate) -> StreamRelay:
+        return self._for(candidate.connection).stream_relay(candidate)

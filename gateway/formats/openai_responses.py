@@ -1,0 +1,716 @@
+"""OpenAI Responses API: Responses <-> canonical, and the native byte fast path.
+
+As a client format: `parse_request` (a Responses body -> canonical request), `ResponsesClient`
+(a canonical response -> a complete Response object; canonical stream events -> the exact Responses
+event sequence). As a native upstream (`responses: native`): `ResponsesPassthrough`.
+
+Shapes follow the live API, then the open specification (`openresponses-types`), then the openai SDK's
+types; where they disagree the choice is noted (reasoning deltas: the live API's
+`response.reasoning_text.delta`, not the specification's `response.reasoning.delta`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..config import Connection
+from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
+from ..presets import WireFormat
+from ..record import Usage
+from ..router import Candidate, UpstreamCall
+from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
+from . import canonical as c
+
+log = logging.getLogger("gateway.formats.responses")
+
+DONE = b"data: [DONE]\n\n"
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Upstream events that mean the model has answered (the commit point of a native stream).
+CONTENT_TYPES = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.function_call_arguments.delta",
+        "response.output_item.done",
+        "response.completed",
+        "response.incomplete",
+    }
+)
+# Request fields that only tune delivery or bookkeeping: dropped when downgrading, with a debug log.
+DROPPABLE = frozenset(
+    {"include", "truncation", "service_tier", "prompt_cache_key", "safety_identifier", "store", "stream_options",
+     "max_tool_calls", "top_logprobs", "context_management", "prompt_cache_retention"}
+)  # fmt: skip
+HANDLED = frozenset(
+    {"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning",
+     "max_output_tokens", "temperature", "top_p", "metadata", "user", "stream", "previous_response_id",
+     "background"}
+)  # fmt: skip
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+# --- request: Responses -> canonical ------------------------------------------------------------
+
+
+def _invalid(param: str, message: str) -> GatewayError:
+    return GatewayError(400, f"Invalid '{param}': {message}.", code="invalid_value", param=param)
+
+
+def _parts(content: Any, param: str, unsupported: list[str]) -> list[c.Part]:
+    if isinstance(content, str):
+        return [c.Text(content)]
+    if not isinstance(content, list):
+        raise _invalid(param, "expected a string or an array of content parts")
+    parts: list[c.Part] = []
+    for i, part in enumerate(content):
+        where = f"{param}[{i}]"
+        if not isinstance(part, dict):
+            raise _invalid(where, "expected an object")
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text", "refusal"):
+            text = part.get("text", part.get("refusal"))
+            if not isinstance(text, str):
+                raise _invalid(f"{where}.text", "expected a string")
+            parts.append(c.Text(text))
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if isinstance(url, str) and url:
+                parts.append(c.Image(url, part.get("detail")))
+            elif part.get("file_id"):
+                unsupported.append(f"{where}: an image by file_id needs a native Responses connection")
+            else:
+                raise _invalid(where, "an input_image needs image_url or file_id")
+        elif kind == "input_file":
+            if part.get("file_url"):
+                unsupported.append(f"{where}: a file by file_url needs a native Responses connection")
+            parts.append(c.File(part.get("file_data"), part.get("file_id"), part.get("filename")))
+        else:
+            unsupported.append(f"{where}: content type {kind!r} needs a native Responses connection")
+    return parts
+
+
+def _output_text(output: Any, param: str, unsupported: list[str]) -> str:
+    parts = _parts(output, param, unsupported)
+    if any(not isinstance(p, c.Text) for p in parts):
+        unsupported.append(f"{param}: a function output with images or files needs a native Responses connection")
+    return "".join(p.text for p in parts if isinstance(p, c.Text))
+
+
+def _reasoning_of(item: dict[str, Any]) -> str:
+    pieces = [p.get("text", "") for key in ("content", "summary") for p in item.get(key) or [] if isinstance(p, dict)]
+    return "\n".join(p for p in pieces if isinstance(p, str) and p)
+
+
+def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
+    messages: list[c.Message] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append(c.Message("system", [c.Text(instructions)]))
+    elif instructions is not None and not isinstance(instructions, str):
+        raise _invalid("instructions", "expected a string")
+    items = body.get("input")
+    if isinstance(items, str):
+        messages.append(c.Message("user", [c.Text(items)]))
+        return messages
+    if not isinstance(items, list):
+        raise _invalid("input", "expected a string or an array of input items")
+    pending_reasoning: str | None = None
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise _invalid(where, "expected an object")
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise _invalid(f"{where}.role", "expected one of user, assistant, system, developer")
+            message = c.Message(
+                "system" if role == "developer" else role, _parts(item.get("content"), f"{where}.content", unsupported)
+            )
+            if role == "assistant" and pending_reasoning:
+                message.reasoning, pending_reasoning = pending_reasoning, None
+            messages.append(message)
+        elif kind == "function_call":
+            call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "")
+            if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
+                raise _invalid(where, "a function_call needs string call_id, name and arguments")
+            last = messages[-1] if messages else None
+            if last is None or last.role != "assistant":
+                last = c.Message("assistant", reasoning=pending_reasoning)
+                pending_reasoning = None
+                messages.append(last)
+            last.tool_calls.append(c.ToolCall(call_id, name, arguments))
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str):
+                raise _invalid(f"{where}.call_id", "expected a string")
+            output = _output_text(item.get("output", ""), f"{where}.output", unsupported)
+            messages.append(c.Message("tool", [c.Text(output)], tool_call_id=call_id))
+        elif kind == "reasoning":
+            pending_reasoning = _reasoning_of(item) or None
+        else:
+            unsupported.append(f"{where}: input item type {kind!r} needs a native Responses connection")
+    return messages
+
+
+def _tools(body: dict[str, Any], unsupported: list[str]) -> list[c.Tool]:
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise _invalid("tools", "expected an array")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _invalid(f"tools[{i}]", "expected an object")
+        if tool.get("type") != "function":
+            unsupported.append(
+                f"tools[{i}]: the built-in tool {tool.get('type')!r} needs a native Responses connection"
+            )
+            continue
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise _invalid(f"tools[{i}].name", "expected a non-empty string")
+        out.append(c.Tool(name, tool.get("description"), tool.get("parameters"), tool.get("strict")))
+    return out
+
+
+def _output_format(body: dict[str, Any]) -> c.OutputFormat | None:
+    text = body.get("text")
+    if text is None:
+        return None
+    if not isinstance(text, dict):
+        raise _invalid("text", "expected an object")
+    fmt = text.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise _invalid("text.format.type", "expected text, json_object or json_schema")
+    if fmt["type"] == "json_schema":
+        if not isinstance(fmt.get("schema"), dict):
+            raise _invalid("text.format.schema", "expected a JSON schema object")
+        return c.OutputFormat("json_schema", fmt.get("name"), fmt["schema"], fmt.get("strict"), fmt.get("description"))
+    return None if fmt["type"] == "text" else c.OutputFormat("json_object")
+
+
+def parse_request(body: dict[str, Any]) -> c.Request:
+    """A Responses request body -> the canonical request. Malformed input is a 400 GatewayError; valid
+    input a Chat upstream cannot express is listed in `unsupported` (such connections are skipped)."""
+    unsupported: list[str] = []
+    request = c.Request(messages=_messages(body, unsupported), tools=_tools(body, unsupported))
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise _invalid("tool_choice", "expected auto, none, required or a function choice")
+        request.tool_choice = choice
+    elif isinstance(choice, dict):
+        if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+            request.forced_tool = choice["name"]
+        else:
+            unsupported.append(f"tool_choice: {choice.get('type')!r} needs a native Responses connection")
+    request.output_format = _output_format(body)
+    for key, kinds in (("temperature", (int, float)), ("top_p", (int, float)), ("max_output_tokens", int)):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise _invalid(key, "expected a number")
+        setattr(request, key, value)
+    for key in ("parallel_tool_calls", "metadata", "user"):
+        setattr(request, key, body.get(key))
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        request.reasoning_effort = reasoning.get("effort")
+    request.stream = body.get("stream") is True
+    if body.get("previous_response_id"):
+        unsupported.append("previous_response_id: conversation state needs a native Responses connection")
+    if body.get("background"):
+        unsupported.append("background: background responses need a native Responses connection")
+    for key in body.keys() - HANDLED:
+        if key in DROPPABLE:
+            log.debug("dropping Responses field %r when downgrading to Chat Completions", key)
+        else:
+            unsupported.append(f"{key}: not expressible in Chat Completions")
+    request.unsupported = unsupported
+    return request
+
+
+# --- response: canonical -> Responses -----------------------------------------------------------
+
+
+def usage_object(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+
+
+def usage_from(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    out_details = usage.get("output_tokens_details") or {}
+    in_details = usage.get("input_tokens_details") or {}
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        reasoning_tokens=int(out_details.get("reasoning_tokens") or 0) if isinstance(out_details, dict) else 0,
+        cached_tokens=int(in_details.get("cached_tokens") or 0) if isinstance(in_details, dict) else 0,
+    )
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
+    content = [] if text is None else [{"type": "reasoning_text", "text": text}]
+    return {"id": item_id, "type": "reasoning", "summary": [], "content": content}
+
+
+def _message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
+    content = [] if text is None else [_text_part(text)]
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def _call_item(item_id: str, call: c.ToolCall, status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments,
+    }
+
+
+_NUMBER_DEFAULTS = (("temperature", 1.0), ("top_p", 1.0), ("presence_penalty", 0.0), ("frequency_penalty", 0.0))
+
+
+def _echo_tools(tools: Any) -> list[dict[str, Any]]:
+    echoed = []
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict) and tool.get("type") == "function":
+            echoed.append(
+                {
+                    "type": "function",
+                    "name": tool.get("name"),
+                    "description": tool.get("description"),
+                    "parameters": tool.get("parameters"),
+                    "strict": tool.get("strict"),
+                }
+            )
+        elif isinstance(tool, dict):
+            echoed.append(tool)
+    return echoed
+
+
+@dataclass
+class ResponseContext:
+    """What every Response object of one request echoes, and its stable ids."""
+
+    body: dict[str, Any]
+    model: str
+    id: str = field(default_factory=lambda: new_id("resp"))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: Usage | None,
+        *,
+        error: dict[str, Any] | None = None,
+        incomplete: str | None = None,
+    ) -> dict[str, Any]:
+        body = self.body
+        reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+        text = body.get("text") if isinstance(body.get("text"), dict) else {}
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "completed_at": int(time.time()) if status in ("completed", "incomplete") else None,
+            "status": status,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "model": self.model,
+            "previous_response_id": body.get("previous_response_id"),
+            "instructions": body.get("instructions") if isinstance(body.get("instructions"), str) else None,
+            "output": output,
+            "error": error,
+            "tools": _echo_tools(body.get("tools")),
+            "tool_choice": body.get("tool_choice") or "auto",
+            "truncation": body.get("truncation") or "disabled",
+            "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
+            "text": {"format": text.get("format") or {"type": "text"}}
+            | ({"verbosity": text["verbosity"]} if text.get("verbosity") else {}),
+            "top_logprobs": body.get("top_logprobs") or 0,
+            "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+            "user": body.get("user"),
+            "usage": usage_object(usage) if usage is not None else None,
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": body.get("max_tool_calls"),
+            "store": False,  # the gateway keeps no conversation state yet
+            "background": False,
+            "service_tier": "default",
+            "metadata": body.get("metadata") or {},
+            "safety_identifier": body.get("safety_identifier"),
+            "prompt_cache_key": body.get("prompt_cache_key"),
+        }
+        for key, default in _NUMBER_DEFAULTS:
+            value = body.get(key)
+            obj[key] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+        return obj
+
+
+def _status(finish: c.Finish) -> tuple[str, str | None]:
+    """(response status, incomplete reason) for a finish reason."""
+    if finish == "length":
+        return "incomplete", "max_output_tokens"
+    if finish == "content_filter":
+        return "incomplete", "content_filter"
+    return "completed", None
+
+
+class ResponsesClient:
+    """The Responses API as the client's format: canonical answers -> Responses bodies and streams."""
+
+    def __init__(self, body: dict[str, Any], model: str) -> None:
+        self.context = ResponseContext(body, model)
+
+    def render(self, response: c.Response) -> bytes:
+        status, incomplete = _status(response.finish)
+        output: list[dict[str, Any]] = []
+        if response.reasoning:
+            output.append(_reasoning_item(new_id("rs"), response.reasoning))
+        if response.text or response.refusal or not response.tool_calls:
+            text = response.text or response.refusal or ""
+            output.append(_message_item(new_id("msg"), text, "incomplete" if incomplete else "completed"))
+        output += [_call_item(new_id("fc"), call, "completed") for call in response.tool_calls]
+        return orjson.dumps(self.context.response(status, output, response.usage, incomplete=incomplete))
+
+    def encoder(self) -> ResponsesEncoder:
+        return ResponsesEncoder(self.context)
+
+
+@dataclass
+class _Item:
+    kind: str  # reasoning, message, function_call
+    id: str
+    index: int  # output_index
+    parts: list[str] = field(default_factory=list)
+    call: c.ToolCall | None = None
+    done: bool = False
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class ResponsesEncoder:
+    """Canonical stream events -> the Responses event sequence, one state machine per attempt.
+
+    response.created, response.in_progress, then per item: output_item.added, its content part and
+    deltas, and (when the next item starts, or at the end) its done events; reasoning is closed before
+    the answer starts; exactly one terminal event; then `data: [DONE]`.
+    """
+
+    def __init__(self, context: ResponseContext) -> None:
+        self.context = context
+        self.sequence = 0
+        self.items: list[_Item] = []
+        self.reasoning: _Item | None = None
+        self.message: _Item | None = None
+        self.calls: dict[int, _Item] = {}
+        self.finish: c.Finish = "stop"
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return encode_event(orjson.dumps(payload), kind)
+
+    def _begin(self, out: list[bytes]) -> None:
+        if self.sequence == 0:
+            snapshot = self.context.response("in_progress", [], None)
+            out.append(self._event("response.created", response=snapshot))
+            out.append(self._event("response.in_progress", response=snapshot))
+
+    def _open(self, kind: str, prefix: str, out: list[bytes], call: c.ToolCall | None = None) -> _Item:
+        item = _Item(kind, new_id(prefix), len(self.items), call=call)
+        self.items.append(item)
+        if kind == "reasoning":
+            added = _reasoning_item(item.id, None)
+            part: dict[str, Any] | None = {"type": "reasoning_text", "text": ""}
+        elif kind == "message":
+            added, part = _message_item(item.id, None, "in_progress"), _text_part("")
+        else:
+            assert call is not None
+            added, part = _call_item(item.id, call, "in_progress"), None
+        out.append(self._event("response.output_item.added", output_index=item.index, item=added))
+        if part is not None:
+            out.append(self._part_event("response.content_part.added", item, part))
+        return item
+
+    def _part_event(self, kind: str, item: _Item, part: dict[str, Any]) -> bytes:
+        return self._event(kind, item_id=item.id, output_index=item.index, content_index=0, part=part)
+
+    def _close(self, item: _Item, out: list[bytes]) -> None:
+        if item.done:
+            return
+        item.done = True
+        text = item.text()
+        where = {"item_id": item.id, "output_index": item.index}
+        if item.kind == "reasoning":
+            out.append(self._event("response.reasoning_text.done", **where, content_index=0, text=text))
+            out.append(self._part_event("response.content_part.done", item, {"type": "reasoning_text", "text": text}))
+            done = _reasoning_item(item.id, text)
+        elif item.kind == "message":
+            out.append(self._event("response.output_text.done", **where, content_index=0, text=text, logprobs=[]))
+            out.append(self._part_event("response.content_part.done", item, _text_part(text)))
+            done = _message_item(item.id, text, self._item_status())
+        else:
+            assert item.call is not None
+            item.call.arguments = text
+            out.append(
+                self._event("response.function_call_arguments.done", **where, arguments=text, name=item.call.name)
+            )
+            done = _call_item(item.id, item.call, "completed")
+        out.append(self._event("response.output_item.done", output_index=item.index, item=done))
+
+    def _item_status(self) -> str:
+        return "incomplete" if _status(self.finish)[1] else "completed"
+
+    def encode(self, events: list[c.Event]) -> bytes:
+        out: list[bytes] = []
+        for event in events:
+            if isinstance(event, c.TextDelta):
+                if not event.text:
+                    continue
+                self._begin(out)
+                if self.reasoning is not None:
+                    self._close(self.reasoning, out)
+                if self.message is None or self.message.done:
+                    self.message = self._open("message", "msg", out)
+                self.message.parts.append(event.text)
+                out.append(
+                    self._event(
+                        "response.output_text.delta",
+                        item_id=self.message.id,
+                        output_index=self.message.index,
+                        content_index=0,
+                        delta=event.text,
+                        logprobs=[],
+                    )
+                )
+            elif isinstance(event, c.ReasoningDelta):
+                self._begin(out)
+                if self.reasoning is None or self.reasoning.done:
+                    self.reasoning = self._open("reasoning", "rs", out)
+                self.reasoning.parts.append(event.text)
+                out.append(
+                    self._event(
+                        "response.reasoning_text.delta",
+                        item_id=self.reasoning.id,
+                        output_index=self.reasoning.index,
+                        content_index=0,
+                        delta=event.text,
+                    )
+                )
+            elif isinstance(event, c.ToolCallStart):
+                self._begin(out)
+                for item in (self.reasoning, self.message):  # items run one after another, as live
+                    if item is not None:
+                        self._close(item, out)
+                self.calls[event.index] = self._open("function_call", "fc", out, c.ToolCall(event.id, event.name, ""))
+            elif isinstance(event, c.ToolCallDelta):
+                item = self.calls.get(event.index)
+                if item is None:
+                    raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "tool call arguments before its start")
+                item.parts.append(event.arguments)
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=item.id,
+                        output_index=item.index,
+                        delta=event.arguments,
+                    )
+                )
+            elif isinstance(event, c.FinishEvent):
+                self._begin(out)
+                self.finish = event.reason
+        return b"".join(out)
+
+    def finish_stream(self, usage: Usage | None) -> bytes:
+        """The upstream finished: close every item, the one terminal event, then [DONE]."""
+        out: list[bytes] = []
+        self._begin(out)
+        if self.message is None and not self.calls:  # clients read the first message: always give one
+            self.message = self._open("message", "msg", out)
+        for item in self.items:
+            self._close(item, out)
+        status, incomplete = _status(self.finish)
+        response = self.context.response(status, self._output(), usage, incomplete=incomplete)
+        out.append(self._event(f"response.{status}", response=response))
+        out.append(DONE)
+        return b"".join(out)
+
+    def _output(self) -> list[dict[str, Any]]:
+        output = []
+        for item in self.items:
+            if item.kind == "reasoning":
+                output.append(_reasoning_item(item.id, item.text()))
+            elif item.kind == "message":
+                output.append(_message_item(item.id, item.text(), self._item_status() if item.done else "incomplete"))
+            else:
+                assert item.call is not None
+                item.call.arguments = item.text()
+                output.append(_call_item(item.id, item.call, "completed" if item.done else "incomplete"))
+        return output
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        """A failure after the stream started: `error` as the live API sends it, `response.failed`, [DONE]."""
+        message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
+        out: list[bytes] = []
+        self._begin(out)
+        out.append(
+            self._event(
+                "error",
+                error={"type": "server_error", "code": error.reason.value, "message": message, "param": None},
+            )
+        )
+        failed = {"code": "server_error", "message": message}
+        out.append(
+            self._event("response.failed", response=self.context.response("failed", self._output(), None, error=failed))
+        )
+        out.append(DONE)
+        return b"".join(out)
+
+
+# --- the native fast path -----------------------------------------------------------------------
+
+
+def _error_from_event(payload: dict[str, Any]) -> UpstreamError:
+    error = payload.get("error")
+    if not isinstance(error, dict):
+        response = payload.get("response")
+        error = response.get("error") if isinstance(response, dict) else None
+    error = error if isinstance(error, dict) else {}
+    message = str(error.get("message") or payload.get("message") or "upstream error")
+    code = str(error.get("code") or error.get("type") or payload.get("code") or "")
+    status = 429 if "rate_limit" in code or "quota" in code else 400 if "context_length" in code else 500
+    return UpstreamError(
+        ErrorKind.PROTOCOL, classify_status(status, f"{code} {message}".encode()), f"error event: {message[:200]}"
+    )
+
+
+def _object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"{what} is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"{what} is not a JSON object")
+    return parsed
+
+
+class ResponsesPassthrough:
+    """One attempt's native Responses stream, passed through event by event."""
+
+    def __init__(self) -> None:
+        self.committed = False
+        self.terminal = False
+        self.done = False
+        self.last_sequence = -1
+        self.snapshot: dict[str, Any] | None = None
+        self.usage: Usage | None = None
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
+        if event.comment:
+            return encode_comment(event.data), False
+        if event.data == b"[DONE]":
+            self.done = True
+            return DONE, False
+        payload = _object(event.data, "stream event")
+        kind = payload.get("type")
+        if isinstance(payload.get("sequence_number"), int):
+            self.last_sequence = payload["sequence_number"]
+        if kind in ("error", "response.failed") and not self.committed:
+            raise _error_from_event(payload)  # nothing sent yet: the next connection may serve
+        response = payload.get("response")
+        if kind == "response.created" and isinstance(response, dict):
+            self.snapshot = response
+        if kind in TERMINAL:
+            self.terminal = True
+            if isinstance(response, dict):
+                self.usage = usage_from(response.get("usage"))
+        commits = kind in CONTENT_TYPES
+        self.committed = self.committed or commits
+        return encode_event(event.data, event.event or (kind if isinstance(kind, str) else None)), commits
+
+    def end(self) -> bytes:
+        if self.done:
+            return b""
+        if self.terminal:  # live OpenAI sends no [DONE]; the open specification asks for it
+            self.done = True
+            return DONE
+        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before its terminal event")
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
+        sequence = self.last_sequence + 1
+        failed = dict(self.snapshot or {"id": new_id("resp"), "object": "response", "output": []})
+        failed.update(status="failed", error={"code": "server_error", "message": message})
+        events = [
+            {
+                "type": "error",
+                "sequence_number": sequence,
+                "error": {"type": "server_error", "code": error.reason.value, "message": message, "param": None},
+            },
+            {"type": "response.failed", "sequence_number": sequence + 1, "response": failed},
+        ]
+        return b"".join(encode_event(orjson.dumps(e), e["type"]) for e in events) + DONE
+
+
+class NativeResponses:
+    """A Responses request to a connection that serves /responses itself: bytes pass through."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def serves(self, connection: Connection) -> bool:
+        return connection.wire_format is WireFormat.OPENAI and connection.responses_native
+
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
+        body = dict(self.body)
+        body["model"] = candidate.model
+        return UpstreamCall("/responses", orjson.dumps(body), {"Content-Type": "application/json"})
+
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        if event_stream:  # the terminal event carries the whole response
+            parser = SSEParser()
+            final = None
+            for event in parser.feed(body) + parser.close():
+                if event.data != b"[DONE]" and not event.comment:
+                    payload = _object(event.data, "stream event")
+                    if payload.get("type") in ("error", "response.failed"):
+                        raise _error_from_event(payload)
+                    if payload.get("type") in TERMINAL:
+                        final = payload.get("response")
+            if not isinstance(final, dict):
+                raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before its terminal event")
+            return orjson.dumps(final), usage_from(final.get("usage"))
+        parsed = _object(body, "2xx response body")
+        if parsed.get("status") == "failed" or (parsed.get("error") and not parsed.get("output")):
+            raise _error_from_event(parsed)
+        return body, usage_from(parsed.get("usage"))
+
+    def stream_relay(self, candidate: Candidate) -> ResponsesPassthrough:
+        return ResponsesPassthrough()
