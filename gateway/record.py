@@ -18,6 +18,7 @@ class Usage:
     output_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0  # of input_tokens, served from the provider's prompt cache
+    cache_write_tokens: int = 0  # of input_tokens, written to the provider's prompt cache
     estimated: bool = False  # no usage from the upstream: a documented heuristic
 
 

@@ -248,7 +248,7 @@ def parse_request(body: dict[str, Any]) -> c.Request:
 def usage_object(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
         "output_tokens": usage.output_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.input_tokens + usage.output_tokens,
@@ -265,6 +265,7 @@ def usage_from(usage: Any) -> Usage | None:
         output_tokens=int(usage.get("output_tokens") or 0),
         reasoning_tokens=int(out_details.get("reasoning_tokens") or 0) if isinstance(out_details, dict) else 0,
         cached_tokens=int(in_details.get("cached_tokens") or 0) if isinstance(in_details, dict) else 0,
+        cache_write_tokens=int(in_details.get("cache_write_tokens") or 0) if isinstance(in_details, dict) else 0,
     )
 
 
