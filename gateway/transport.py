@@ -144,15 +144,20 @@ async def http_error(response: aiohttp.ClientResponse) -> UpstreamError:
     )
 
 
+def _body_error(exc: aiohttp.ClientError, where: str) -> UpstreamError:
+    """A failure while reading an answer whose headers already arrived."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"{where} cut short")
+    return UpstreamError(
+        ErrorKind.CONNECT, Reason.SERVER_ERROR, f"connection lost in the {where} ({type(exc).__name__})"
+    )
+
+
 async def read_body(response: aiohttp.ClientResponse) -> bytes:
     try:
         return await response.read()
-    except aiohttp.ClientPayloadError:
-        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "response body cut short") from None
     except aiohttp.ClientError as exc:
-        raise UpstreamError(
-            ErrorKind.CONNECT, Reason.SERVER_ERROR, f"connection lost in the body ({type(exc).__name__})"
-        ) from None
+        raise _body_error(exc, "body") from None
 
 
 async def iter_events(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
@@ -166,11 +171,7 @@ async def iter_events(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEven
                 break
             for event in parser.feed(chunk):
                 yield event
-    except aiohttp.ClientPayloadError:
-        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream cut short") from None
     except aiohttp.ClientError as exc:
-        raise UpstreamError(
-            ErrorKind.CONNECT, Reason.SERVER_ERROR, f"connection lost mid-stream ({type(exc).__name__})"
-        ) from None
+        raise _body_error(exc, "stream") from None
     for event in parser.close():
         yield event

@@ -460,6 +460,12 @@ class ResponsesEncoder:
             out.append(self._part_event("response.content_part.added", item, part))
         return item
 
+    def _delta(self, kind: str, item: _Item, delta: str, **extra: Any) -> bytes:
+        item.parts.append(delta)
+        if item.kind != "function_call":
+            extra["content_index"] = 0
+        return self._event(kind, item_id=item.id, output_index=item.index, **extra, delta=delta)
+
     def _part_event(self, kind: str, item: _Item, part: dict[str, Any]) -> bytes:
         return self._event(kind, item_id=item.id, output_index=item.index, content_index=0, part=part)
 
@@ -500,31 +506,12 @@ class ResponsesEncoder:
                     self._close(self.reasoning, out)
                 if self.message is None or self.message.done:
                     self.message = self._open("message", "msg", out)
-                self.message.parts.append(event.text)
-                out.append(
-                    self._event(
-                        "response.output_text.delta",
-                        item_id=self.message.id,
-                        output_index=self.message.index,
-                        content_index=0,
-                        delta=event.text,
-                        logprobs=[],
-                    )
-                )
+                out.append(self._delta("response.output_text.delta", self.message, event.text, logprobs=[]))
             elif isinstance(event, c.ReasoningDelta):
                 self._begin(out)
                 if self.reasoning is None or self.reasoning.done:
                     self.reasoning = self._open("reasoning", "rs", out)
-                self.reasoning.parts.append(event.text)
-                out.append(
-                    self._event(
-                        "response.reasoning_text.delta",
-                        item_id=self.reasoning.id,
-                        output_index=self.reasoning.index,
-                        content_index=0,
-                        delta=event.text,
-                    )
-                )
+                out.append(self._delta("response.reasoning_text.delta", self.reasoning, event.text))
             elif isinstance(event, c.ToolCallStart):
                 self._begin(out)
                 for item in (self.reasoning, self.message):  # items run one after another, as live
@@ -535,15 +522,7 @@ class ResponsesEncoder:
                 item = self.calls.get(event.index)
                 if item is None:
                     raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "tool call arguments before its start")
-                item.parts.append(event.arguments)
-                out.append(
-                    self._event(
-                        "response.function_call_arguments.delta",
-                        item_id=item.id,
-                        output_index=item.index,
-                        delta=event.arguments,
-                    )
-                )
+                out.append(self._delta("response.function_call_arguments.delta", item, event.arguments))
             elif isinstance(event, c.FinishEvent):
                 self._begin(out)
                 self.finish = event.reason
