@@ -18,6 +18,7 @@ from .metrics import Metrics
 from .record import RequestRecord
 from .router import Router
 from .state import GATEWAY, RECORD, Gateway
+from .store import ResponseStore
 from .transport import Transport
 
 log = logging.getLogger("gateway")
@@ -85,26 +86,33 @@ async def _add_gateway_headers(request: web.Request, response: web.StreamRespons
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=config.server.max_body_bytes)
     transport = Transport()
+    store = ResponseStore(config.store.path, config.store.max_age_days, config.store.max_bytes)
     app[GATEWAY] = Gateway(
         config=config,
         transport=transport,
         router=Router(config, transport),
         auth=ClientAuth(config.auth.client_keys),
         metrics=Metrics(config.connections),
+        store=store,
         started_at=int(time.time()),
     )
 
-    async def transport_lifecycle(app: web.Application):
+    async def lifecycle(app: web.Application):
         await transport.start()
+        await store.open()
         yield
         await transport.close()
+        await store.close()
 
-    app.cleanup_ctx.append(transport_lifecycle)
+    app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(_add_gateway_headers)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions, name="chat")
     app.router.add_post("/v1/completions", handlers.completions, name="completions")
     app.router.add_post("/v1/embeddings", handlers.embeddings, name="embeddings")
     app.router.add_post("/v1/responses", handlers.responses, name="responses")
+    app.router.add_get("/v1/responses/{response_id}", handlers.get_response, name="response")
+    app.router.add_delete("/v1/responses/{response_id}", handlers.delete_response, name="response_delete")
+    app.router.add_get("/v1/responses/{response_id}/input_items", handlers.list_input_items, name="input_items")
     app.router.add_get("/v1/models", handlers.list_models, name="models")
     app.router.add_get("/v1/models/{model}", handlers.get_model, name="model")
     app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough, name="passthrough")

@@ -81,6 +81,15 @@ class ServerConfig:
     drain_timeout: float = 30.0  # then: how long in-flight requests and streams get to finish
 
 
+@dataclass(slots=True)
+class StoreConfig:
+    """Stored Responses (previous_response_id): embedded SQLite, bounded by age and size."""
+
+    path: str = "data/responses.db"
+    max_age_days: float = 30.0
+    max_bytes: int = 1024 * 1024 * 1024
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 
@@ -103,6 +112,7 @@ class Config:
     server: ServerConfig
     auth: AuthConfig
     logging: LoggingConfig
+    store: StoreConfig
     connections: list[Connection]  # sorted: priority, then config order
     routes: dict[str, list[str]]  # requested model (exact or glob) -> connection names, in config order
 
@@ -247,6 +257,18 @@ def _logging(source: str, data: Any) -> LoggingConfig:
     if fmt not in LOG_FORMATS:
         r.fail(f"unknown format {fmt!r}", f"use one of: {', '.join(LOG_FORMATS)}", "format")
     out = LoggingConfig(level=level, format=fmt, bodies=r.boolean("bodies", d.bodies))
+    r.finish()
+    return out
+
+
+def _store(source: str, data: Any) -> StoreConfig:
+    r = _Reader(source, "store", data)
+    d = StoreConfig()
+    out = StoreConfig(
+        path=r.string("path", d.path) or d.path,
+        max_age_days=float(r.number("max_age_days", d.max_age_days)),
+        max_bytes=r.number("max_bytes", d.max_bytes, integer=True),
+    )
     r.finish()
     return out
 
@@ -407,6 +429,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     server = _server(source, r.get("server"))
     auth = _auth(source, r.get("auth"))
     logging_config = _logging(source, r.get("logging"))
+    store = _store(source, r.get("store"))
     raw_connections = r.get("connections") or []
     if not isinstance(raw_connections, list):
         r.fail("must be a list of connections", "write `connections:` followed by `- name: ...` items", "connections")
@@ -420,7 +443,13 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     routes = _routes(source, r.get("routes"), names)
     r.finish()
     return Config(
-        source=source, server=server, auth=auth, logging=logging_config, connections=connections, routes=routes
+        source=source,
+        server=server,
+        auth=auth,
+        logging=logging_config,
+        store=store,
+        connections=connections,
+        routes=routes,
     )
 
 

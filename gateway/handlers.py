@@ -9,15 +9,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .bridge import Bridge, PerConnection
+from . import conversations
+from .bridge import Bridge
 from .errors import ClientApi, GatewayError, render_error
 from .formats import openai_responses as responses_format
 from .formats.openai_chat import ChatUpstream, OpenAIRelay
-from .formats.openai_responses import NativeResponses, ResponsesClient
+from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
 from .router import plan
 from .state import GATEWAY, RECORD
+from .store import StoredResponse
 
 # Routes that need no client key: probes and scrapers come from other addresses.
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics"})
@@ -91,7 +93,8 @@ def _openai_handler(
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    """POST /v1/responses: natively where the connection serves it, else downgraded to Chat Completions."""
+    """POST /v1/responses: natively where the connection serves it, else downgraded to Chat Completions;
+    `previous_response_id` resolved from the gateway's own store on every connection."""
     gateway = request.app[GATEWAY]
     record: RequestRecord = request[RECORD]
     body = await read_json_object(request)
@@ -100,14 +103,75 @@ async def responses(request: web.Request) -> web.StreamResponse:
         raise GatewayError(
             400, "Missing required parameter: 'input'.", code="missing_required_parameter", param="input"
         )
-    if not isinstance(body.get("stream", False), bool):
-        raise GatewayError(400, "Invalid type for 'stream': expected a boolean.", code="invalid_type", param="stream")
-    bridge = Bridge(ResponsesClient(body, model), responses_format.parse_request(body), [ChatUpstream()])
-    relay = PerConnection(NativeResponses(body), bridge)
+    for key in ("stream", "store"):
+        if not isinstance(body.get(key, False), bool):
+            raise GatewayError(400, f"Invalid type for '{key}': expected a boolean.", code="invalid_type", param=key)
+    rebuilt, previous = await conversations.resolve(gateway.store, body)
+    context = ResponseContext(body, model, stored=body.get("store") is not False)
+    producer = previous.connection if previous is not None and previous.native else None
+    relay = conversations.ResponsesRelay(
+        context,
+        NativeResponses(context, rebuilt, producer),
+        Bridge(ResponsesClient(context), responses_format.parse_request(rebuilt), [ChatUpstream()]),
+        gateway.store,
+        previous,
+    )
     record.model, record.stream = model, relay.stream
     if gateway.config.logging.bodies:
         record.request_body = body
     return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
+
+
+async def _stored(request: web.Request) -> StoredResponse:
+    response_id = request.match_info["response_id"]
+    stored = await request.app[GATEWAY].store.get(response_id)
+    if stored is None:
+        raise GatewayError(404, f"Response with id '{response_id}' not found.", code="not_found", param="response_id")
+    return stored
+
+
+async def get_response(request: web.Request) -> web.Response:
+    return _json((await _stored(request)).response)
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    stored = await _stored(request)
+    await request.app[GATEWAY].store.delete(stored.id)
+    return _json({"id": stored.id, "object": "response", "deleted": True})
+
+
+async def list_input_items(request: web.Request) -> web.Response:
+    """OpenAI list format; `order` (asc / desc, default desc), `limit` (1-100, default 20), `after`."""
+    items = conversations.listed_items(await _stored(request))
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise GatewayError(400, "Invalid 'order': expected asc or desc.", param="order")
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise GatewayError(400, "Invalid 'limit': expected a whole number from 1 to 100.", param="limit")
+    if order == "desc":
+        items.reverse()
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    page = items[:limit]
+    return _json(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
 chat_completions = _openai_handler("/chat/completions", "messages", "an array of messages", list)

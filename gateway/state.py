@@ -11,6 +11,7 @@ from .config import Config
 from .metrics import Metrics
 from .record import RequestRecord
 from .router import Router
+from .store import ResponseStore
 from .transport import Transport
 
 
@@ -21,6 +22,7 @@ class Gateway:
     router: Router
     auth: ClientAuth
     metrics: Metrics
+    store: ResponseStore
     started_at: int  # unix time, the `created` of listed models
     draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
 

@@ -89,11 +89,12 @@ class RunningGateway:
 
 
 @pytest.fixture
-async def start_gateway():
+async def start_gateway(tmp_path):
     runners: list[web.AppRunner] = []
     gateways: list[RunningGateway] = []
 
     async def _start(config: dict[str, Any]) -> RunningGateway:
+        config = {"store": {"path": str(tmp_path / f"responses-{len(runners)}.db")}, **config}
         parsed = parse_config(config, "test.yaml")
         runner = await start(parsed, "127.0.0.1", 0)
         runners.append(runner)

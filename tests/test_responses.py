@@ -331,7 +331,7 @@ async def test_request_downgrade_exact_chat_body(start_upstream, start_gateway):
     ("extra", "fragment"),
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),
-        ({"previous_response_id": "resp_123"}, "previous_response_id"),
+        ({"background": True}, "background"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
     ],
 )

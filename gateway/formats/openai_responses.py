@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,8 +230,6 @@ def parse_request(body: dict[str, Any]) -> c.Request:
     if isinstance(reasoning, dict):
         request.reasoning_effort = reasoning.get("effort")
     request.stream = body.get("stream") is True
-    if body.get("previous_response_id"):
-        unsupported.append("previous_response_id: conversation state needs a native Responses connection")
     if body.get("background"):
         unsupported.append("background: background responses need a native Responses connection")
     for key in body.keys() - HANDLED:
@@ -317,12 +316,19 @@ def _echo_tools(tools: Any) -> list[dict[str, Any]]:
 
 @dataclass
 class ResponseContext:
-    """What every Response object of one request echoes, and its stable ids."""
+    """What every Response object of one request echoes, its stable ids, and where finals go."""
 
     body: dict[str, Any]
     model: str
+    stored: bool = False  # echoed as `store`: the gateway keeps this answer for previous_response_id
+    on_final: Callable[[dict[str, Any]], None] | None = None
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def finalize(self, response: dict[str, Any]) -> None:
+        """A finished answer, whoever produced it; called before its last bytes reach the client."""
+        if self.on_final is not None and response.get("status") in ("completed", "incomplete"):
+            self.on_final(response)
 
     def response(
         self,
@@ -360,7 +366,7 @@ class ResponseContext:
             "usage": usage_object(usage) if usage is not None else None,
             "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": body.get("max_tool_calls"),
-            "store": False,  # the gateway keeps no conversation state yet
+            "store": self.stored,
             "background": False,
             "service_tier": "default",
             "metadata": body.get("metadata") or {},
@@ -385,8 +391,8 @@ def _status(finish: c.Finish) -> tuple[str, str | None]:
 class ResponsesClient:
     """The Responses API as the client's format: canonical answers -> Responses bodies and streams."""
 
-    def __init__(self, body: dict[str, Any], model: str) -> None:
-        self.context = ResponseContext(body, model)
+    def __init__(self, context: ResponseContext) -> None:
+        self.context = context
 
     def render(self, response: c.Response) -> bytes:
         status, incomplete = _status(response.finish)
@@ -397,7 +403,9 @@ class ResponsesClient:
             text = response.text or response.refusal or ""
             output.append(_message_item(new_id("msg"), text, "incomplete" if incomplete else "completed"))
         output += [_call_item(new_id("fc"), call, "completed") for call in response.tool_calls]
-        return orjson.dumps(self.context.response(status, output, response.usage, incomplete=incomplete))
+        final = self.context.response(status, output, response.usage, incomplete=incomplete)
+        self.context.finalize(final)
+        return orjson.dumps(final)
 
     def encoder(self) -> ResponsesEncoder:
         return ResponsesEncoder(self.context)
@@ -538,6 +546,7 @@ class ResponsesEncoder:
             self._close(item, out)
         status, incomplete = _status(self.finish)
         response = self.context.response(status, self._output(), usage, incomplete=incomplete)
+        self.context.finalize(response)
         out.append(self._event(f"response.{status}", response=response))
         out.append(DONE)
         return b"".join(out)
@@ -604,7 +613,8 @@ def _object(data: bytes, what: str) -> dict[str, Any]:
 class ResponsesPassthrough:
     """One attempt's native Responses stream, passed through event by event."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: ResponseContext) -> None:
+        self.context = context
         self.committed = False
         self.terminal = False
         self.done = False
@@ -631,6 +641,7 @@ class ResponsesPassthrough:
             self.terminal = True
             if isinstance(response, dict):
                 self.usage = usage_from(response.get("usage"))
+                self.context.finalize(response)
         commits = kind in CONTENT_TYPES
         self.committed = self.committed or commits
         return encode_event(event.data, event.event or (kind if isinstance(kind, str) else None)), commits
@@ -660,16 +671,23 @@ class ResponsesPassthrough:
 
 
 class NativeResponses:
-    """A Responses request to a connection that serves /responses itself: bytes pass through."""
+    """A Responses request to a connection that serves /responses itself: bytes pass through.
 
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
+    With `previous_response_id`, the id goes through only to the native connection that produced it;
+    any other connection is sent the conversation rebuilt from the gateway's store."""
+
+    def __init__(
+        self, context: ResponseContext, rebuilt: dict[str, Any] | None = None, producer: str | None = None
+    ) -> None:
+        self.context = context
+        self.rebuilt = rebuilt if rebuilt is not None else context.body
+        self.producer = producer  # the native connection that knows the previous response id
 
     def serves(self, connection: Connection) -> bool:
         return connection.wire_format is WireFormat.OPENAI and connection.responses_native
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
-        body = dict(self.body)
+        body = dict(self.context.body if candidate.connection.name == self.producer else self.rebuilt)
         body["model"] = candidate.model
         return UpstreamCall("/responses", orjson.dumps(body), {"Content-Type": "application/json"})
 
@@ -686,11 +704,13 @@ class NativeResponses:
                         final = payload.get("response")
             if not isinstance(final, dict):
                 raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before its terminal event")
+            self.context.finalize(final)
             return orjson.dumps(final), usage_from(final.get("usage"))
         parsed = _object(body, "2xx response body")
         if parsed.get("status") == "failed" or (parsed.get("error") and not parsed.get("output")):
             raise _error_from_event(parsed)
+        self.context.finalize(parsed)
         return body, usage_from(parsed.get("usage"))
 
     def stream_relay(self, candidate: Candidate) -> ResponsesPassthrough:
-        return ResponsesPassthrough()
+        return ResponsesPassthrough(self.context)

@@ -1,0 +1,182 @@
+"""Stored Responses: what `previous_response_id`, `GET /v1/responses/{id}` and friends read.
+
+Embedded SQLite, one file (mode 0600), bounded by age and size with the oldest evicted first. Every
+database call runs on one dedicated thread, so the event loop never blocks, and calls run in the
+order they were submitted: a write submitted before an answer reaches the client is visible to the
+client's next request. The store belongs to one process; replicas need the shared store to come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("gateway.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    previous_id TEXT,
+    connection TEXT NOT NULL,
+    native INTEGER NOT NULL,
+    input_items BLOB NOT NULL,
+    response BLOB NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
+"""
+MAX_CHAIN = 1000  # a conversation longer than this is almost certainly a loop
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    id: str
+    connection: str  # the connection that produced it
+    native: bool  # produced by a native Responses upstream (which knows the id itself)
+    previous_id: str | None
+    input_items: list[dict[str, Any]]
+    response: dict[str, Any]
+    created_at: float = 0.0
+
+
+class ResponseStore:
+    def __init__(self, path: str, max_age_days: float, max_bytes: int) -> None:
+        self.path = Path(path)
+        self.max_age = max_age_days * 86400
+        self.max_bytes = max_bytes
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="response-store")
+        self._db: sqlite3.Connection | None = None
+        self._bytes = 0
+        self._pending: set[Future[Any]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(self.path, 0o600)  # also when the file already existed with looser bits
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._bytes = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM responses").fetchone()[0]
+
+    async def close(self) -> None:
+        for future in list(self._pending):
+            await asyncio.wrap_future(future)
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _run(self, fn, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not open"
+        return self._db
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def submit(self, stored: StoredResponse) -> None:
+        """Queue a write and return at once; later reads are queued behind it."""
+        future = self._executor.submit(self._put, stored)
+        self._pending.add(future)
+        future.add_done_callback(self._written)
+
+    def _written(self, future: Future[Any]) -> None:
+        self._pending.discard(future)
+        if future.exception() is not None:
+            log.error("storing a response failed: %s", future.exception())
+
+    def _put(self, stored: StoredResponse) -> None:
+        items = orjson.dumps(stored.input_items)
+        response = orjson.dumps(stored.response)
+        size = len(items) + len(response)
+        now = stored.created_at or time.time()
+        with self.db:
+            old = self.db.execute("SELECT size FROM responses WHERE id = ?", (stored.id,)).fetchone()
+            self.db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (stored.id, now, stored.previous_id, stored.connection, int(stored.native), items, response, size),
+            )
+        self._bytes += size - (old[0] if old else 0)
+        self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        """Drop what is older than max_age, then the oldest until the total fits max_bytes."""
+        cutoff = now - self.max_age
+        with self.db:
+            size, count = self.db.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM responses WHERE created_at < ?", (cutoff,)
+            ).fetchone()
+            if count:
+                self.db.execute("DELETE FROM responses WHERE created_at < ?", (cutoff,))
+                self._bytes -= size
+            while self._bytes > self.max_bytes:
+                oldest = self.db.execute("SELECT id, size FROM responses ORDER BY created_at LIMIT 1").fetchone()
+                if oldest is None:
+                    self._bytes = 0
+                    break
+                self.db.execute("DELETE FROM responses WHERE id = ?", (oldest[0],))
+                self._bytes -= oldest[1]
+
+    async def delete(self, response_id: str) -> bool:
+        return await self._run(self._delete, response_id)
+
+    def _delete(self, response_id: str) -> bool:
+        with self.db:
+            row = self.db.execute("SELECT size FROM responses WHERE id = ?", (response_id,)).fetchone()
+            if row is None:
+                return False
+            self.db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
+        self._bytes -= row[0]
+        return True
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        return await self._run(self._get, response_id)
+
+    def _get(self, response_id: str) -> StoredResponse | None:
+        row = self.db.execute(
+            "SELECT id, connection, native, previous_id, input_items, response, created_at FROM responses "
+            "WHERE id = ? AND created_at >= ?",
+            (response_id, time.time() - self.max_age),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(row[0], row[1], bool(row[2]), row[3], orjson.loads(row[4]), orjson.loads(row[5]), row[6])
+
+    async def chain(self, response_id: str) -> list[StoredResponse] | None:
+        """The conversation ending at `response_id`, oldest first; None if any link is gone."""
+        return await self._run(self._chain, response_id)
+
+    def _chain(self, response_id: str) -> list[StoredResponse] | None:
+        chain: list[StoredResponse] = []
+        current: str | None = response_id
+        while current is not None and len(chain) < MAX_CHAIN:
+            stored = self._get(current)
+            if stored is None:
+                return None
+            chain.append(stored)
+            current = stored.previous_id
+        chain.reverse()
+        return chain
