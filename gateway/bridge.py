@@ -7,6 +7,7 @@ candidate either through a same-format byte fast path or through the bridge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .config import Connection
@@ -85,14 +86,31 @@ class BridgeStream:
 
 
 class Bridge:
-    """A request in one format, served by connections of other formats through the canonical model."""
+    """A request in one format, served by connections of other formats through the canonical model.
 
-    def __init__(self, client: ClientFormat, request: c.Request, upstreams: list[UpstreamFormat]) -> None:
+    The canonical request is built on first use: traffic that only takes the byte fast path never
+    pays for it (and is never refused for a shape only a translation would need)."""
+
+    def __init__(
+        self,
+        client: ClientFormat,
+        parse: Callable[[], c.Request],
+        upstreams: list[UpstreamFormat],
+        *,
+        stream: bool,
+    ) -> None:
         self.client = client
-        self.request = request
+        self._parse = parse
+        self._request: c.Request | None = None
         self.upstreams = {u.wire_format: u for u in upstreams}
-        self.stream = request.stream
+        self.stream = stream
         self.same_model_only = False
+
+    @property
+    def request(self) -> c.Request:
+        if self._request is None:
+            self._request = self._parse()
+        return self._request
 
     def serves(self, connection: Connection) -> bool:
         return connection.wire_format in self.upstreams

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from .presets import PRESETS, AuthStyle, Preset, WireFormat
+from .presets import DEFAULT_SAMPLING_RULES, PRESETS, SAMPLERS, AuthStyle, Preset, SamplingRule, WireFormat
 
 log = logging.getLogger("gateway.config")
 
@@ -55,6 +55,8 @@ class Connection:
     order: int
     enabled: bool = True
     disabled_reason: str | None = None
+    anthropic_version: str = "2023-06-01"
+    max_tokens_default: int = 4096  # Anthropic requires max_tokens: sent when the client gave none
     responses_native: bool = False  # `responses: native`; else Responses requests are downgraded to Chat
     max_tokens_param: str = "max_tokens"  # or max_completion_tokens
     reasoning_tags: bool = False  # a leading <think>...</think> in the content is reasoning
@@ -113,6 +115,7 @@ class Config:
     auth: AuthConfig
     logging: LoggingConfig
     store: StoreConfig
+    anthropic_sampling_rules: list[SamplingRule]
     connections: list[Connection]  # sorted: priority, then config order
     routes: dict[str, list[str]]  # requested model (exact or glob) -> connection names, in config order
 
@@ -261,6 +264,29 @@ def _logging(source: str, data: Any) -> LoggingConfig:
     return out
 
 
+def _sampling_rules(source: str, data: Any) -> list[SamplingRule]:
+    if data is None:
+        return list(DEFAULT_SAMPLING_RULES)
+    if not isinstance(data, list):
+        raise ConfigError(
+            f"{source}: anthropic_sampling_rules: must be a list. "
+            "Fix: write `- {prefix: claude-3, samplers: [temperature, top_p]}` items."
+        )
+    rules = []
+    for i, item in enumerate(data):
+        r = _Reader(source, f"anthropic_sampling_rules[{i}]", item)
+        prefix, version = r.string("prefix"), r.string("anthropic_version")
+        if (prefix is None) == (version is None):
+            r.fail("needs exactly one of `prefix` or `anthropic_version`", "name a model prefix or an API version")
+        samplers = r.get("samplers") or []
+        if not isinstance(samplers, list) or not set(samplers) <= set(SAMPLERS):
+            r.fail(f"must be a list of {', '.join(SAMPLERS)}", "e.g. `samplers: [temperature, top_p]`", "samplers")
+        thinking = _choice(r, "thinking", {"adaptive": "adaptive", "budget": "budget"}, "adaptive")
+        rules.append(SamplingRule(prefix, version, frozenset(samplers), r.boolean("one_of", False), thinking))
+        r.finish()
+    return rules
+
+
 def _store(source: str, data: Any) -> StoreConfig:
     r = _Reader(source, "store", data)
     d = StoreConfig()
@@ -381,6 +407,8 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
             preset.max_tokens_param,
         ),
         reasoning_tags=r.boolean("reasoning_tags", False),
+        anthropic_version=r.string("anthropic_version", "2023-06-01") or "2023-06-01",
+        max_tokens_default=r.number("max_tokens_default", 4096, integer=True),
     )
     r.finish()
     if disabled and enabled:
@@ -430,6 +458,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     auth = _auth(source, r.get("auth"))
     logging_config = _logging(source, r.get("logging"))
     store = _store(source, r.get("store"))
+    sampling_rules = _sampling_rules(source, r.get("anthropic_sampling_rules"))
     raw_connections = r.get("connections") or []
     if not isinstance(raw_connections, list):
         r.fail("must be a list of connections", "write `connections:` followed by `- name: ...` items", "connections")
@@ -448,6 +477,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         auth=auth,
         logging=logging_config,
         store=store,
+        anthropic_sampling_rules=sampling_rules,
         connections=connections,
         routes=routes,
     )

@@ -10,15 +10,16 @@ import orjson
 from aiohttp import web
 
 from . import conversations
-from .bridge import Bridge
+from .bridge import Bridge, PerConnection, UpstreamFormat
 from .errors import ClientApi, GatewayError, render_error
 from .formats import openai_responses as responses_format
-from .formats.openai_chat import ChatUpstream, OpenAIRelay
+from .formats.anthropic import AnthropicUpstream
+from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
 from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
-from .router import plan
-from .state import GATEWAY, RECORD
+from .router import Relay, plan
+from .state import GATEWAY, RECORD, Gateway
 from .store import StoredResponse
 
 # Routes that need no client key: probes and scrapers come from other addresses.
@@ -68,10 +69,23 @@ def _require(body: dict[str, Any], field: str, kinds: type | tuple[type, ...], w
     return value
 
 
+def _booleans(body: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        if not isinstance(body.get(key, False), bool):
+            raise GatewayError(400, f"Invalid type for '{key}': expected a boolean.", code="invalid_type", param=key)
+
+
+def _upstreams(gateway: Gateway, *, chat: bool) -> list[UpstreamFormat]:
+    """The formats a translated request can be sent in (Chat clients reach Chat upstreams directly)."""
+    upstreams: list[UpstreamFormat] = [AnthropicUpstream(gateway.config.anthropic_sampling_rules)]
+    return [ChatUpstream(), *upstreams] if chat else upstreams
+
+
 def _openai_handler(
     path: str, required: str, what: str, kinds: type | tuple[type, ...], *, same_model_only: bool = False
 ):
-    """A handler for one OpenAI generation endpoint served through the router."""
+    """A handler for one OpenAI generation endpoint served through the router. Chat Completions
+    reach every connection; completions and embeddings only OpenAI-format ones."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
@@ -79,12 +93,16 @@ def _openai_handler(
         body = await read_json_object(request)
         model = _require(body, "model", str, "a string")
         _require(body, required, kinds, what)
-        if not isinstance(body.get("stream", False), bool):
-            raise GatewayError(
-                400, "Invalid type for 'stream': expected a boolean.", code="invalid_type", param="stream"
+        _booleans(body, "stream")
+        same_format = OpenAIRelay(path, body, same_model_only=same_model_only)
+        relay: Relay = same_format
+        if path == "/chat/completions":
+            client = ChatClient(model, same_format.wants_usage)
+            bridge = Bridge(
+                client, lambda: parse_chat_request(body), _upstreams(gateway, chat=False), stream=same_format.stream
             )
-        relay = OpenAIRelay(path, body, same_model_only=same_model_only)
-        record.model, record.stream = model, relay.stream
+            relay = PerConnection(same_format, bridge)
+        record.model, record.stream = model, same_format.stream
         if gateway.config.logging.bodies:
             record.request_body = body
         return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
@@ -93,8 +111,8 @@ def _openai_handler(
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    """POST /v1/responses: natively where the connection serves it, else downgraded to Chat Completions;
-    `previous_response_id` resolved from the gateway's own store on every connection."""
+    """POST /v1/responses: natively where the connection serves it, else translated (to Chat
+    Completions or Anthropic Messages); `previous_response_id` resolved from the gateway's own store."""
     gateway = request.app[GATEWAY]
     record: RequestRecord = request[RECORD]
     body = await read_json_object(request)
@@ -103,18 +121,18 @@ async def responses(request: web.Request) -> web.StreamResponse:
         raise GatewayError(
             400, "Missing required parameter: 'input'.", code="missing_required_parameter", param="input"
         )
-    for key in ("stream", "store"):
-        if not isinstance(body.get(key, False), bool):
-            raise GatewayError(400, f"Invalid type for '{key}': expected a boolean.", code="invalid_type", param=key)
+    _booleans(body, "stream", "store")
     rebuilt, previous = await conversations.resolve(gateway.store, body)
     context = ResponseContext(body, model, stored=body.get("store") is not False)
     producer = previous.connection if previous is not None and previous.native else None
+    bridge = Bridge(
+        ResponsesClient(context),
+        lambda: responses_format.parse_request(rebuilt),
+        _upstreams(gateway, chat=True),
+        stream=body.get("stream") is True,
+    )
     relay = conversations.ResponsesRelay(
-        context,
-        NativeResponses(context, rebuilt, producer),
-        Bridge(ResponsesClient(context), responses_format.parse_request(rebuilt), [ChatUpstream()]),
-        gateway.store,
-        previous,
+        context, NativeResponses(context, rebuilt, producer), bridge, gateway.store, previous
     )
     record.model, record.stream = model, relay.stream
     if gateway.config.logging.bodies:

@@ -79,3 +79,44 @@ def auth_headers(style: AuthStyle, key: str | None) -> dict[str, str]:
     if style is AuthStyle.BEARER:
         return {"Authorization": f"Bearer {key}"}
     return {style.value: key}
+
+
+# --- Anthropic sampling rules ------------------------------------------------------------------------
+
+SAMPLERS = ("temperature", "top_p", "top_k")
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingRule:
+    """Which sampling parameters a Claude model accepts, and how it thinks. The default instance is
+    the safest rule, for unknown and newer models: no sampler at all, adaptive thinking."""
+
+    prefix: str | None = None  # model-name prefix; the longest match wins
+    anthropic_version: str | None = None  # or: every request sent with this API version
+    samplers: frozenset[str] = frozenset()
+    one_of: bool = False  # at most one of temperature / top_p (temperature is kept)
+    thinking: str = "adaptive"  # adaptive (output_config.effort) or budget (budget_tokens)
+
+
+def _rule(prefix: str, samplers: tuple[str, ...], *, one_of: bool = False, thinking: str = "budget") -> SamplingRule:
+    return SamplingRule(prefix=prefix, samplers=frozenset(samplers), one_of=one_of, thinking=thinking)
+
+
+ALL_SAMPLERS = ("temperature", "top_p", "top_k")
+# Newer Claude models reject classic samplers (a 400 that must not burn an attempt). Overridable with
+# `anthropic_sampling_rules` in the config; config/gateway.yaml ships this same table. Models not listed
+# (claude-opus-4-7 and every newer family) get the safest rule: no sampler, adaptive thinking.
+DEFAULT_SAMPLING_RULES: tuple[SamplingRule, ...] = (
+    _rule("claude-3", ALL_SAMPLERS),
+    _rule("claude-sonnet-4-0", ALL_SAMPLERS),
+    _rule("claude-sonnet-4-2025", ALL_SAMPLERS),
+    _rule("claude-opus-4-0", ALL_SAMPLERS),
+    _rule("claude-opus-4-2025", ALL_SAMPLERS),
+    _rule("claude-sonnet-4-5", ALL_SAMPLERS, one_of=True),
+    _rule("claude-haiku-4-5", ALL_SAMPLERS, one_of=True),
+    _rule("claude-opus-4-1", ALL_SAMPLERS, one_of=True),
+    _rule("claude-opus-4-5", ALL_SAMPLERS, one_of=True),
+    _rule("claude-opus-4-6", ALL_SAMPLERS, one_of=True, thinking="adaptive"),
+    # The newest API version rejects sampling parameters for every model.
+    SamplingRule(anthropic_version="2026-10-21"),
+)

@@ -14,7 +14,7 @@ import aiohttp
 
 from .config import Connection
 from .errors import ErrorKind, Reason, UpstreamError, classify_status, parse_retry_after
-from .presets import auth_headers
+from .presets import WireFormat, auth_headers
 from .sse import SSEEvent, SSEParser
 
 # Client headers worth passing upstream; everything else (credentials, OpenAI-Organization /
@@ -52,6 +52,8 @@ def join_url(base_url: str, path: str, query: str = "") -> str:
 def upstream_headers(connection: Connection, client_headers: Mapping[str, str], request_id: str) -> dict[str, str]:
     """Allow-listed client headers, the connection's own headers, then its credentials (which win)."""
     headers = {h: client_headers[h] for h in FORWARDED_REQUEST_HEADERS if h in client_headers}
+    if connection.wire_format is WireFormat.ANTHROPIC and "anthropic-beta" in client_headers:
+        headers["anthropic-beta"] = client_headers["anthropic-beta"]  # meaningful to Anthropic only
     headers["x-request-id"] = request_id
     headers.update(connection.headers)
     headers.update(auth_headers(connection.auth, connection.api_key))

@@ -53,6 +53,7 @@ class Message:
     tool_calls: list[ToolCall] = field(default_factory=list)  # assistant
     tool_call_id: str | None = None  # tool: the call this answers
     reasoning: str | None = None  # assistant: reasoning to replay where a format can carry it
+    reasoning_signature: str | None = None  # proof the reasoning is the model's own (Anthropic thinking)
 
     def text(self) -> str:
         return "".join(p.text for p in self.content if isinstance(p, Text))
@@ -99,6 +100,7 @@ class Request:
 class Response:
     text: str = ""
     reasoning: str = ""
+    reasoning_signature: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish: Finish = "stop"
     usage: Usage | None = None
@@ -118,6 +120,11 @@ class TextDelta:
 @dataclass(slots=True)
 class ReasoningDelta:
     text: str
+
+
+@dataclass(slots=True)
+class ReasoningSignature:
+    signature: str
 
 
 @dataclass(slots=True)
@@ -143,7 +150,7 @@ class UsageEvent:
     usage: Usage
 
 
-Event = TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | FinishEvent | UsageEvent
+Event = TextDelta | ReasoningDelta | ReasoningSignature | ToolCallStart | ToolCallDelta | FinishEvent | UsageEvent
 # Events that mean the model has answered: a stream commits to its connection on the first of them.
 CONTENT_EVENTS = (TextDelta, ReasoningDelta, ToolCallStart, ToolCallDelta, FinishEvent)
 
@@ -168,6 +175,8 @@ class Accumulator:
                 self._text.append(event.text)
             elif isinstance(event, ReasoningDelta):
                 self._reasoning.append(event.text)
+            elif isinstance(event, ReasoningSignature):
+                self.response.reasoning_signature = event.signature
             elif isinstance(event, ToolCallStart):
                 self._calls[event.index] = ToolCall(event.id, event.name, "")
             elif isinstance(event, ToolCallDelta):
@@ -192,6 +201,8 @@ def events_of(response: Response) -> list[Event]:
     events: list[Event] = []
     if response.reasoning:
         events.append(ReasoningDelta(response.reasoning))
+    if response.reasoning_signature:
+        events.append(ReasoningSignature(response.reasoning_signature))
     if response.text:
         events.append(TextDelta(response.text))
     for index, call in enumerate(response.tool_calls):

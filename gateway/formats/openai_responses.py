@@ -126,7 +126,7 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
         return messages
     if not isinstance(items, list):
         raise _invalid("input", "expected a string or an array of input items")
-    pending_reasoning: str | None = None
+    pending_reasoning: tuple[str, str | None] | None = None  # a reasoning item awaiting its assistant turn
     for i, item in enumerate(items):
         where = f"input[{i}]"
         if not isinstance(item, dict):
@@ -140,7 +140,8 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
                 "system" if role == "developer" else role, _parts(item.get("content"), f"{where}.content", unsupported)
             )
             if role == "assistant" and pending_reasoning:
-                message.reasoning, pending_reasoning = pending_reasoning, None
+                message.reasoning, message.reasoning_signature = pending_reasoning
+                pending_reasoning = None
             messages.append(message)
         elif kind == "function_call":
             call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "")
@@ -148,7 +149,9 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
                 raise _invalid(where, "a function_call needs string call_id, name and arguments")
             last = messages[-1] if messages else None
             if last is None or last.role != "assistant":
-                last = c.Message("assistant", reasoning=pending_reasoning)
+                last = c.Message("assistant")
+                if pending_reasoning:
+                    last.reasoning, last.reasoning_signature = pending_reasoning
                 pending_reasoning = None
                 messages.append(last)
             last.tool_calls.append(c.ToolCall(call_id, name, arguments))
@@ -159,7 +162,8 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
             output = _output_text(item.get("output", ""), f"{where}.output", unsupported)
             messages.append(c.Message("tool", [c.Text(output)], tool_call_id=call_id))
         elif kind == "reasoning":
-            pending_reasoning = _reasoning_of(item) or None
+            signature = item.get("encrypted_content")
+            pending_reasoning = (_reasoning_of(item), signature if isinstance(signature, str) else None)
         else:
             unsupported.append(f"{where}: input item type {kind!r} needs a native Responses connection")
     return messages
@@ -272,9 +276,12 @@ def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
+def _reasoning_item(item_id: str, text: str | None, signature: str | None = None) -> dict[str, Any]:
     content = [] if text is None else [{"type": "reasoning_text", "text": text}]
-    return {"id": item_id, "type": "reasoning", "summary": [], "content": content}
+    item = {"id": item_id, "type": "reasoning", "summary": [], "content": content}
+    if signature:  # replayed by the client, it lets a provider verify its own reasoning (Anthropic)
+        item["encrypted_content"] = signature
+    return item
 
 
 def _message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
@@ -398,7 +405,7 @@ class ResponsesClient:
         status, incomplete = _status(response.finish)
         output: list[dict[str, Any]] = []
         if response.reasoning:
-            output.append(_reasoning_item(new_id("rs"), response.reasoning))
+            output.append(_reasoning_item(new_id("rs"), response.reasoning, response.reasoning_signature))
         if response.text or response.refusal or not response.tool_calls:
             text = response.text or response.refusal or ""
             output.append(_message_item(new_id("msg"), text, "incomplete" if incomplete else "completed"))
@@ -418,6 +425,7 @@ class _Item:
     index: int  # output_index
     parts: list[str] = field(default_factory=list)
     call: c.ToolCall | None = None
+    signature: str | None = None
     done: bool = False
 
     def text(self) -> str:
@@ -486,7 +494,7 @@ class ResponsesEncoder:
         if item.kind == "reasoning":
             out.append(self._event("response.reasoning_text.done", **where, content_index=0, text=text))
             out.append(self._part_event("response.content_part.done", item, {"type": "reasoning_text", "text": text}))
-            done = _reasoning_item(item.id, text)
+            done = _reasoning_item(item.id, text, item.signature)
         elif item.kind == "message":
             out.append(self._event("response.output_text.done", **where, content_index=0, text=text, logprobs=[]))
             out.append(self._part_event("response.content_part.done", item, _text_part(text)))
@@ -520,6 +528,9 @@ class ResponsesEncoder:
                 if self.reasoning is None or self.reasoning.done:
                     self.reasoning = self._open("reasoning", "rs", out)
                 out.append(self._delta("response.reasoning_text.delta", self.reasoning, event.text))
+            elif isinstance(event, c.ReasoningSignature):
+                if self.reasoning is not None:
+                    self.reasoning.signature = event.signature
             elif isinstance(event, c.ToolCallStart):
                 self._begin(out)
                 for item in (self.reasoning, self.message):  # items run one after another, as live
@@ -555,7 +566,7 @@ class ResponsesEncoder:
         output = []
         for item in self.items:
             if item.kind == "reasoning":
-                output.append(_reasoning_item(item.id, item.text()))
+                output.append(_reasoning_item(item.id, item.text(), item.signature))
             elif item.kind == "message":
                 output.append(_message_item(item.id, item.text(), self._item_status() if item.done else "incomplete"))
             else:
