@@ -12,12 +12,19 @@ from multidict import CIMultiDict
 from gateway import errors
 from gateway.config import Config, ConfigError, Connection, ServerConfig, Timeouts, load_config, parse_config
 from gateway.errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status, parse_retry_after
-from gateway.presets import AuthStyle, WireFormat
+from gateway.presets import DEFAULT_SAMPLING_RULES, AuthStyle, WireFormat
 from gateway.router import Candidate, falls_back, route_targets, verdict
 
 SOURCE = "my-gateway.yaml"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "gateway.yaml"
-DEFAULT_CONFIG_VARS = ("GATEWAY_CLIENT_KEY", "OPENAI_API_KEY", "GROQ_API_KEY", "OPENROUTER_API_KEY", "OLLAMA_BASE_URL")
+DEFAULT_CONFIG_VARS = (
+    "ANTHROPIC_API_KEY",
+    "GATEWAY_CLIENT_KEY",
+    "OPENAI_API_KEY",
+    "GROQ_API_KEY",
+    "OPENROUTER_API_KEY",
+    "OLLAMA_BASE_URL",
+)
 
 
 def parse(data: Any) -> Config:
@@ -506,16 +513,18 @@ def test_default_config_without_env_disables_everything(monkeypatch: pytest.Monk
     config = load_config(DEFAULT_CONFIG)
     assert config.server == ServerConfig(host="0.0.0.0", port=8080, max_body_bytes=33554432, deadline=60.0)
     assert config.auth.client_keys == ()
-    assert [c.name for c in config.connections] == ["openai", "groq", "openrouter", "ollama"]
-    assert [c.enabled for c in config.connections] == [False, False, False, False]
+    assert [c.name for c in config.connections] == ["openai", "groq", "openrouter", "anthropic", "ollama"]
+    assert [c.enabled for c in config.connections] == [False, False, False, False, False]
     reasons = {c.name: c.disabled_reason for c in config.connections}
     assert reasons == {
         "openai": "environment variable OPENAI_API_KEY is not set",
         "groq": "environment variable GROQ_API_KEY is not set",
         "openrouter": "environment variable OPENROUTER_API_KEY is not set",
+        "anthropic": "environment variable ANTHROPIC_API_KEY is not set",
         "ollama": "environment variable OLLAMA_BASE_URL is not set",
     }
     assert config.routes == {}
+    assert tuple(config.anthropic_sampling_rules) == DEFAULT_SAMPLING_RULES  # the file ships the built-in table
 
 
 def test_default_config_with_openai_and_ollama(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -525,7 +534,7 @@ def test_default_config_with_openai_and_ollama(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("OLLAMA_BASE_URL", "http://127.0.0.1:11434")
     config = load_config(DEFAULT_CONFIG)
     enabled = {c.name: c.enabled for c in config.connections}
-    assert enabled == {"openai": True, "groq": False, "openrouter": False, "ollama": True}
+    assert enabled == {"openai": True, "groq": False, "openrouter": False, "anthropic": False, "ollama": True}
     assert config.connection("openai").api_key == "sk-test"
     assert config.connection("openai").base_url == "https://api.openai.com/v1"
     ollama = config.connection("ollama")
