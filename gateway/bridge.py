@@ -136,6 +136,9 @@ class Bridge:
             response.usage = c.estimate_usage(self.request, response.text, response.reasoning, response.tool_calls)
         return self.client.render(response), response.usage
 
+    def features(self) -> c.Features:
+        return c.features(self.request)
+
     def stream_relay(self, candidate: Candidate) -> StreamRelay:
         upstream = self.upstreams[candidate.connection.wire_format]
         return BridgeStream(upstream.decoder(candidate.connection), self.client.encoder(), self.request)
@@ -174,3 +177,6 @@ class PerConnection:
 
     def stream_relay(self, candidate: Candidate) -> StreamRelay:
         return self._for(candidate.connection).stream_relay(candidate)
+
+    def features(self) -> c.Features:
+        return self.bridge.features()

@@ -17,7 +17,16 @@ from typing import Any, NoReturn
 
 import yaml
 
-from .presets import DEFAULT_SAMPLING_RULES, PRESETS, SAMPLERS, AuthStyle, Preset, SamplingRule, WireFormat
+from .presets import (
+    DEFAULT_SAMPLING_RULES,
+    PRESETS,
+    SAMPLERS,
+    AuthStyle,
+    Capabilities,
+    Preset,
+    SamplingRule,
+    WireFormat,
+)
 
 log = logging.getLogger("gateway.config")
 
@@ -60,6 +69,7 @@ class Connection:
     responses_native: bool = False  # `responses: native`; else Responses requests are downgraded to Chat
     max_tokens_param: str = "max_tokens"  # or max_completion_tokens
     reasoning_tags: bool = False  # a leading <think>...</think> in the content is reasoning
+    capabilities: Capabilities = field(default_factory=Capabilities)
 
     def upstream_model(self, requested: str) -> str | None:
         """The model this connection sends for `requested`, or None when it does not serve it."""
@@ -348,8 +358,8 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
     else:
         base_url = preset.base_url
         params = {
-            p: r.string(p, required=True, fix=f"add `{p}:` (needed by the {provider} base URL)")
-            for p in preset.url_params
+            name: r.string(name, default, required=default is None, fix=f"add `{name}:` (part of the {provider} URL)")
+            for name, default in preset.url_params
         }
         if base_url and params:
             base_url = base_url.format(**params)
@@ -409,11 +419,28 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
         reasoning_tags=r.boolean("reasoning_tags", False),
         anthropic_version=r.string("anthropic_version", "2023-06-01") or "2023-06-01",
         max_tokens_default=r.number("max_tokens_default", 4096, integer=True),
+        capabilities=_capabilities(r, preset.capabilities),
     )
     r.finish()
     if disabled and enabled:
         log.warning("connection %s is disabled: %s", name, connection.disabled_reason)
     return connection
+
+
+def _capabilities(parent: _Reader, default: Capabilities) -> Capabilities:
+    r = _Reader(parent.source, parent.key("capabilities"), parent.get("capabilities"))
+    max_context = r.get("max_context")
+    if max_context is not None:
+        max_context = r.number("max_context", 128000, integer=True)
+    out = Capabilities(
+        tools=r.boolean("tools", default.tools),
+        vision=r.boolean("vision", default.vision),
+        json_schema=r.boolean("json_schema", default.json_schema),
+        reasoning=r.boolean("reasoning", default.reasoning),
+        max_context=max_context if max_context is not None else default.max_context,
+    )
+    r.finish()
+    return out
 
 
 def _choice(r: _Reader, key: str, choices: dict[str, Any], default: Any) -> Any:

@@ -14,6 +14,7 @@ from .bridge import Bridge, PerConnection, UpstreamFormat
 from .errors import ClientApi, GatewayError, render_error
 from .formats import openai_responses as responses_format
 from .formats.anthropic import AnthropicUpstream
+from .formats.gemini import GeminiUpstream
 from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
 from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -77,7 +78,7 @@ def _booleans(body: dict[str, Any], *keys: str) -> None:
 
 def _upstreams(gateway: Gateway, *, chat: bool) -> list[UpstreamFormat]:
     """The formats a translated request can be sent in (Chat clients reach Chat upstreams directly)."""
-    upstreams: list[UpstreamFormat] = [AnthropicUpstream(gateway.config.anthropic_sampling_rules)]
+    upstreams: list[UpstreamFormat] = [AnthropicUpstream(gateway.config.anthropic_sampling_rules), GeminiUpstream()]
     return [ChatUpstream(), *upstreams] if chat else upstreams
 
 

@@ -25,6 +25,22 @@ class AuthStyle(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a connection can serve. The router skips a connection that lacks a feature a request
+    uses (reason `unsupported`) rather than send it and have the feature silently dropped."""
+
+    tools: bool = True
+    vision: bool = True
+    json_schema: bool = True
+    reasoning: bool = True
+    max_context: int | None = None  # tokens; None: unknown, not checked
+
+    @property
+    def restricted(self) -> bool:
+        return not (self.tools and self.vision and self.json_schema and self.reasoning) or bool(self.max_context)
+
+
+@dataclass(frozen=True, slots=True)
 class Preset:
     base_url: str | None
     wire_format: WireFormat = WireFormat.OPENAI
@@ -34,18 +50,24 @@ class Preset:
     api_path: str = ""
     # Headers the provider requires that only the operator can supply.
     required_headers: tuple[str, ...] = ()
-    # Connection keys the base URL template needs (Azure: the resource name).
-    url_params: tuple[str, ...] = ()
+    # Connection keys the base URL template needs, with their defaults (None: required).
+    url_params: tuple[tuple[str, str | None], ...] = ()
     # Serves POST /responses itself; otherwise Responses requests are downgraded to Chat Completions.
     responses_native: bool = False
     # How a Chat Completions upstream is told the output budget (OpenAI's reasoning models refuse max_tokens).
     max_tokens_param: str = "max_tokens"
+    capabilities: Capabilities = Capabilities()
 
 
 PRESETS: dict[str, Preset] = {
     "openai": Preset("https://api.openai.com/v1", responses_native=True, max_tokens_param="max_completion_tokens"),
     "anthropic": Preset("https://api.anthropic.com/v1", WireFormat.ANTHROPIC, AuthStyle.X_API_KEY),
-    "gemini": Preset("https://generativelanguage.googleapis.com/v1beta", WireFormat.GEMINI, AuthStyle.GOOG_API_KEY),
+    "gemini": Preset(
+        "https://generativelanguage.googleapis.com/{api_version}",
+        WireFormat.GEMINI,
+        AuthStyle.GOOG_API_KEY,
+        url_params=(("api_version", "v1beta"),),
+    ),
     "openrouter": Preset("https://openrouter.ai/api/v1"),
     "groq": Preset("https://api.groq.com/openai/v1"),
     "nvidia": Preset("https://integrate.api.nvidia.com/v1"),
@@ -54,14 +76,14 @@ PRESETS: dict[str, Preset] = {
     "together": Preset("https://api.together.xyz/v1"),
     "deepseek": Preset("https://api.deepseek.com/v1"),
     "xai": Preset("https://api.x.ai/v1"),
-    "perplexity": Preset("https://api.perplexity.ai"),
+    "perplexity": Preset("https://api.perplexity.ai", capabilities=Capabilities(tools=False)),
     "mistral": Preset("https://api.mistral.ai/v1"),
     "fireworks": Preset("https://api.fireworks.ai/inference/v1"),
     "huggingface": Preset("https://router.huggingface.co/v1"),
     "azure": Preset(
         "https://{resource}.openai.azure.com/openai/v1",
         auth=AuthStyle.API_KEY,
-        url_params=("resource",),
+        url_params=(("resource", None),),
         responses_native=True,
         max_tokens_param="max_completion_tokens",
     ),

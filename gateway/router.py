@@ -24,6 +24,7 @@ from aiohttp import web
 
 from .config import GLOB_CHARS, Config, Connection
 from .errors import ErrorKind, GatewayError, Reason, UpstreamError
+from .formats.canonical import Features
 from .presets import WireFormat
 from .record import Attempt, RequestRecord, Usage
 from .sse import SSEEvent
@@ -94,6 +95,10 @@ class Relay(Protocol):
 
     def stream_relay(self, candidate: Candidate) -> StreamRelay: ...
 
+    def features(self) -> Features:
+        """What the request needs from a connection; asked only when a candidate lacks something."""
+        ...
+
 
 # --- planning ------------------------------------------------------------------------------------
 
@@ -124,16 +129,22 @@ def plan(config: Config, model: str, relay: Relay) -> list[Candidate]:
     else:
         pool = [config.connection(n) for n in names]
     candidates: list[Candidate] = []
+    needs: Features | None = None
     for connection in pool:
         upstream = connection.upstream_model(model)
         if upstream is None:
             continue
-        skip = None
+        candidate = Candidate(connection, upstream)
         if not connection.enabled:
-            skip = Reason.DISABLED
+            candidate.skip = Reason.DISABLED
         elif not relay.serves(connection):
-            skip = Reason.UNSUPPORTED
-        candidates.append(Candidate(connection, upstream, skip))
+            candidate.skip = Reason.UNSUPPORTED
+        elif connection.capabilities.restricted:
+            needs = needs or relay.features()
+            missing = needs.missing(connection.capabilities)
+            if missing:  # never send a request whose features the connection would drop
+                candidate.skip, candidate.why = Reason.UNSUPPORTED, f"no support for {', '.join(missing)}"
+        candidates.append(candidate)
     if relay.same_model_only:
         first = next((c.model for c in candidates if c.skip is None), None)
         candidates = [c for c in candidates if c.skip is None and c.model == first]

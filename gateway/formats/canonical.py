@@ -242,3 +242,36 @@ def estimate_usage(request: Request, text: str, reasoning: str, tool_calls: list
         reasoning_tokens=reasoning_tokens,
         estimated=True,
     )
+
+
+# --- what a request needs from a connection ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    tools: bool = False
+    vision: bool = False
+    json_schema: bool = False
+    reasoning: bool = False
+    input_tokens: int = 0  # estimated
+
+    def missing(self, capabilities: Any) -> list[str]:
+        """The features `capabilities` cannot serve, by name."""
+        lacking = [
+            name
+            for name in ("tools", "vision", "json_schema", "reasoning")
+            if getattr(self, name) and not getattr(capabilities, name)
+        ]
+        if capabilities.max_context and self.input_tokens > capabilities.max_context:
+            lacking.append(f"a context of {self.input_tokens} tokens (max_context {capabilities.max_context})")
+        return lacking
+
+
+def features(request: Request) -> Features:
+    return Features(
+        tools=bool(request.tools) or any(m.tool_calls or m.role == "tool" for m in request.messages),
+        vision=any(isinstance(p, Image) for m in request.messages for p in m.content),
+        json_schema=request.output_format is not None and request.output_format.type == "json_schema",
+        reasoning=bool(request.reasoning_effort) and request.reasoning_effort != "none",
+        input_tokens=estimate_tokens(request_chars(request)),
+    )

@@ -190,6 +190,10 @@ class OpenAIRelay:
     def stream_relay(self, candidate: Candidate) -> ChatStream:
         return ChatStream(self.wants_usage)
 
+    def features(self) -> c.Features:
+        """Completions and embeddings use none of the gated features (chat goes through the bridge's)."""
+        return c.Features()
+
 
 # --- Chat Completions as an upstream format for translated requests ---------------------------------
 
