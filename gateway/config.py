@@ -350,6 +350,9 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
         r.fail(f"provider {provider} needs a base URL", "add `base_url: https://host/v1`", "base_url")
     base_url: str | None
     if base_ref is not None:
+        for param, _ in preset.url_params:
+            if r.get(param) is not None:
+                r.fail("has no effect next to base_url", "write it into base_url, or remove base_url", param)
         base_url, missing = resolve_reference(base_ref)
         if missing:
             disabled.append(missing)
