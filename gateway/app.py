@@ -39,7 +39,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     record = RequestRecord(
         request_id=handlers.request_id(request),
         route=route,
-        client_api=handlers.client_api_for(request.path),
+        client_api=handlers.client_api_for(request),
         started=loop.time(),
     )
     request[RECORD] = record
@@ -113,8 +113,14 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/responses/{response_id}", handlers.get_response, name="response")
     app.router.add_delete("/v1/responses/{response_id}", handlers.delete_response, name="response_delete")
     app.router.add_get("/v1/responses/{response_id}/input_items", handlers.list_input_items, name="input_items")
+    app.router.add_post("/v1/messages", handlers.messages, name="messages")
+    app.router.add_post("/v1/messages/count_tokens", handlers.count_tokens, name="count_tokens")
     app.router.add_get("/v1/models", handlers.list_models, name="models")
     app.router.add_get("/v1/models/{model}", handlers.get_model, name="model")
+    app.router.add_post("/v1/models/{target}", handlers.generate_content, name="generate_content")
+    app.router.add_post("/v1beta/models/{target}", handlers.generate_content, name="generate_content_beta")
+    app.router.add_get("/v1beta/models", handlers.list_models, name="models_beta")
+    app.router.add_get("/v1beta/models/{model}", handlers.get_model, name="model_beta")
     app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough, name="passthrough")
     app.router.add_get("/healthz", handlers.healthz, name="healthz")
     app.router.add_get("/readyz", handlers.readyz, name="readyz")

@@ -33,12 +33,22 @@ def is_loopback(remote: str | None) -> bool:
 
 
 def presented_key(request: web.Request) -> str | None:
-    """The credential the client sent: `Authorization: Bearer`, `x-api-key` or `x-goog-api-key`."""
+    """The credential the client sent: `Authorization: Bearer`, `x-api-key`, `x-goog-api-key`, or
+    on Gemini paths `?key=`."""
     authorization = request.headers.get("Authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or None
+    key = request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
+    if key:
+        return key
+    if (
+        request.path.startswith("/v1beta/")
+        or ":generateContent" in request.path
+        or ":streamGenerateContent" in request.path
+    ):
+        return request.query.get("key") or None  # Gemini's ?key= (the gateway never logs URLs)
+    return None
 
 
 class ClientAuth:

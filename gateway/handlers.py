@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Any
 
@@ -13,8 +14,9 @@ from . import conversations
 from .bridge import Bridge, PerConnection, UpstreamFormat
 from .errors import ClientApi, GatewayError, render_error
 from .formats import openai_responses as responses_format
-from .formats.anthropic import AnthropicUpstream
-from .formats.gemini import GeminiUpstream
+from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
+from .formats.canonical import Request, estimate_tokens, request_chars
+from .formats.gemini import GeminiClient, GeminiUpstream, NativeGenerate, parse_generate_request
 from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
 from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -28,12 +30,19 @@ PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics"})
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def client_api_for(path: str) -> ClientApi:
-    """The API a client speaks, from the path it called: it decides the shape of our errors."""
+def client_api_for(request: web.Request) -> ClientApi:
+    """The API a client speaks: it decides the shape of our answers and errors. By path, and on
+    shared paths (/v1/models) by the header its SDK always sends."""
+    path = request.path
     if path.startswith("/v1/messages"):
         return ClientApi.ANTHROPIC
     if path.startswith("/v1beta/") or ":generateContent" in path or ":streamGenerateContent" in path:
         return ClientApi.GEMINI
+    if path.startswith("/v1/models"):
+        if "anthropic-version" in request.headers:
+            return ClientApi.ANTHROPIC
+        if "x-goog-api-key" in request.headers:
+            return ClientApi.GEMINI
     return ClientApi.OPENAI
 
 
@@ -76,10 +85,19 @@ def _booleans(body: dict[str, Any], *keys: str) -> None:
             raise GatewayError(400, f"Invalid type for '{key}': expected a boolean.", code="invalid_type", param=key)
 
 
-def _upstreams(gateway: Gateway, *, chat: bool) -> list[UpstreamFormat]:
-    """The formats a translated request can be sent in (Chat clients reach Chat upstreams directly)."""
-    upstreams: list[UpstreamFormat] = [AnthropicUpstream(gateway.config.anthropic_sampling_rules), GeminiUpstream()]
-    return [ChatUpstream(), *upstreams] if chat else upstreams
+def _upstreams(
+    gateway: Gateway, *, chat: bool = True, anthropic: bool = True, gemini: bool = True
+) -> list[UpstreamFormat]:
+    """The formats a translated request can be sent in; a client's own format is left out, since
+    same-format connections take the byte fast path."""
+    upstreams: list[UpstreamFormat] = []
+    if chat:
+        upstreams.append(ChatUpstream())
+    if anthropic:
+        upstreams.append(AnthropicUpstream(gateway.config.anthropic_sampling_rules))
+    if gemini:
+        upstreams.append(GeminiUpstream())
+    return upstreams
 
 
 def _openai_handler(
@@ -189,13 +207,87 @@ async def list_input_items(request: web.Request) -> web.Response:
     )
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json", headers=headers)
 
 
 chat_completions = _openai_handler("/chat/completions", "messages", "an array of messages", list)
 completions = _openai_handler("/completions", "prompt", "a string or an array", (str, list))
 embeddings = _openai_handler("/embeddings", "input", "a string or an array", (str, list), same_model_only=True)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages (Anthropic clients, Claude Code): passed through to Anthropic connections,
+    translated for every other one."""
+    gateway = request.app[GATEWAY]
+    record: RequestRecord = request[RECORD]
+    body = await read_json_object(request)
+    model = _require(body, "model", str, "a string")
+    _require(body, "messages", list, "an array of messages")
+    if not isinstance(body.get("max_tokens"), int) or isinstance(body.get("max_tokens"), bool):
+        raise GatewayError(400, "max_tokens: Field required (a whole number).", param="max_tokens")
+    _booleans(body, "stream")
+    stream = body.get("stream") is True
+
+    def parse() -> Request:
+        return parse_messages_request(body)
+
+    bridge = Bridge(
+        AnthropicClient(model, parse), parse, _upstreams(gateway, chat=True, anthropic=False), stream=stream
+    )
+    relay = PerConnection(NativeMessages(body, request.headers), bridge)
+    return await _serve(request, record, relay, model, body)
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    """POST /v1/messages/count_tokens: asked of an Anthropic connection when the model has one,
+    otherwise the documented estimate (about four characters per token)."""
+    gateway = request.app[GATEWAY]
+    record: RequestRecord = request[RECORD]
+    body = await read_json_object(request)
+    model = _require(body, "model", str, "a string")
+    _require(body, "messages", list, "an array of messages")
+    native = NativeMessages(body, request.headers, path="/messages/count_tokens")
+    try:
+        candidates = [c for c in plan(gateway.config, model, native) if c.skip is None]
+    except GatewayError:
+        candidates = []
+    if candidates:
+        record.model = model
+        return await gateway.router.serve(request, record, native, candidates)  # type: ignore[arg-type]
+    estimate = estimate_tokens(request_chars(parse_messages_request(body)))
+    return _json({"input_tokens": estimate}, headers={"x-gateway-usage": "estimated"})
+
+
+async def generate_content(request: web.Request) -> web.StreamResponse:
+    """POST /v1beta/models/{model}:generateContent and :streamGenerateContent (alt=sse: SSE; without:
+    a JSON array), also under /v1/ (google-genai's default)."""
+    gateway = request.app[GATEWAY]
+    record: RequestRecord = request[RECORD]
+    model, _, method = request.match_info["target"].partition(":")
+    if method not in ("generateContent", "streamGenerateContent") or not model:
+        raise GatewayError(404, f"Unknown method {method or '(none)'!r}: use generateContent or streamGenerateContent.")
+    body = await read_json_object(request)
+    sse = method == "streamGenerateContent" and request.query.get("alt") == "sse"
+    client = GeminiClient(model)
+    bridge = Bridge(
+        client, lambda: parse_generate_request(body, sse), _upstreams(gateway, chat=True, gemini=False), stream=sse
+    )
+    relay = PerConnection(NativeGenerate(body, sse), bridge)
+    response = await _serve(request, record, relay, model, body)
+    if method == "streamGenerateContent" and not sse and isinstance(response, web.Response) and response.status == 200:
+        response.body = b"[" + bytes(response.body) + b"]"  # the stream method without SSE answers an array
+    return response
+
+
+async def _serve(
+    request: web.Request, record: RequestRecord, relay: Relay, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    record.model, record.stream = model, relay.stream
+    if gateway.config.logging.bodies:
+        record.request_body = body
+    return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
 
 
 def model_ids(request: web.Request) -> list[tuple[str, str]]:
@@ -215,19 +307,39 @@ def model_ids(request: web.Request) -> list[tuple[str, str]]:
 
 
 def _model_object(request: web.Request, model_id: str, owner: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": request.app[GATEWAY].started_at, "owned_by": owner}
+    """One listed model in the shape of the client that asks."""
+    created = request.app[GATEWAY].started_at
+    api = request[RECORD].client_api
+    if api is ClientApi.ANTHROPIC:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+        return {"type": "model", "id": model_id, "display_name": model_id, "created_at": stamp}
+    if api is ClientApi.GEMINI:
+        return {
+            "name": f"models/{model_id}",
+            "displayName": model_id,
+            "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+        }
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owner}
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models (and /v1beta/models): OpenAI's list, Anthropic's (anthropic-version header) or
+    Gemini's (x-goog-api-key header, or the /v1beta path)."""
     data = [_model_object(request, model_id, owner) for model_id, owner in model_ids(request)]
-    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+    api = request[RECORD].client_api
+    if api is ClientApi.ANTHROPIC:
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return _json({"data": data, "has_more": False, "first_id": first, "last_id": last})
+    if api is ClientApi.GEMINI:
+        return _json({"models": data})
+    return _json({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    wanted = request.match_info["model"]
+    wanted = request.match_info["model"].removeprefix("models/")
     for model_id, owner in model_ids(request):
         if model_id == wanted:
-            return web.json_response(_model_object(request, model_id, owner))
+            return _json(_model_object(request, model_id, owner))
     raise GatewayError(
         404, f"The model {wanted!r} does not exist on this gateway.", code="model_not_found", param="model"
     )

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..config import Connection
-from ..errors import ErrorKind, Reason, UpstreamError, classify_status
+from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
 from ..presets import SamplingRule, WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
-from ..sse import SSEEvent
+from ..sse import SSEEvent, encode_event
 from . import canonical as c
 
 log = logging.getLogger("gateway.formats.anthropic")
@@ -358,3 +360,341 @@ class AnthropicUpstream:
 
     def decoder(self, connection: Connection) -> AnthropicDecoder:
         return AnthropicDecoder()
+
+
+# --- Anthropic Messages as the client's format ---------------------------------------------------
+
+FINISH_TO_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+EFFORT_FOR_BUDGET = ((2048, "low"), (8192, "medium"), (10**9, "high"))
+DROPPABLE = frozenset({"top_k", "service_tier", "container", "context_management", "inference_geo"})
+HANDLED = frozenset(
+    {"model", "max_tokens", "messages", "system", "tools", "tool_choice", "stop_sequences", "temperature", "top_p",
+     "metadata", "thinking", "output_config", "stream"}
+)  # fmt: skip
+
+
+def _invalid(param: str, message: str) -> GatewayError:
+    return GatewayError(400, f"{param}: {message}", code="invalid_request_error", param=param)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+def _client_part(block: dict[str, Any], where: str, unsupported: list[str]) -> c.Part | None:
+    kind = block.get("type")
+    if kind == "text":
+        return c.Text(str(block.get("text", "")))
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "base64":
+        url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+    elif source.get("type") == "url":
+        url = str(source.get("url"))
+    else:
+        unsupported.append(f"{where}: {kind} blocks of source {source.get('type')!r} cannot be translated")
+        return None
+    if kind == "image":
+        return c.Image(url)
+    if kind == "document":
+        return c.File(data=url, filename=block.get("title"))
+    unsupported.append(f"{where}: {kind} blocks cannot be translated")
+    return None
+
+
+def _client_turn(raw: Any, where: str, unsupported: list[str]) -> list[c.Message]:
+    """One Anthropic turn -> canonical messages (a user turn's tool results become tool messages)."""
+    if not isinstance(raw, dict) or raw.get("role") not in ("user", "assistant"):
+        raise _invalid(f"{where}.role", "expected user or assistant")
+    content = raw.get("content")
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(blocks, list):
+        raise _invalid(f"{where}.content", "expected a string or an array of content blocks")
+    out: list[c.Message] = []
+    message = c.Message(raw["role"])
+    for i, block in enumerate(blocks):
+        at = f"{where}.content.{i}"
+        if not isinstance(block, dict):
+            raise _invalid(at, "expected an object")
+        kind = block.get("type")
+        if kind == "tool_result":
+            out.append(
+                c.Message("tool", [c.Text(_text_of(block.get("content")))], tool_call_id=block.get("tool_use_id"))
+            )
+        elif kind == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            message.tool_calls.append(c.ToolCall(str(block.get("id")), str(block.get("name")), arguments))
+        elif kind == "thinking":
+            message.reasoning = str(block.get("thinking", ""))
+            message.reasoning_signature = block.get("signature")
+        elif kind == "redacted_thinking":
+            continue  # only Claude can read it, and only with its signature chain: dropped when translating
+        else:
+            part = _client_part(block, at, unsupported)
+            if part is not None:
+                message.content.append(part)
+    if message.content or message.tool_calls or message.reasoning:
+        out.append(message)
+    return out
+
+
+def _effort(thinking: Any, output_config: Any) -> str | None:
+    if not isinstance(thinking, dict):
+        return None
+    if thinking.get("type") == "disabled":
+        return "none"
+    if thinking.get("type") == "adaptive":
+        effort = output_config.get("effort") if isinstance(output_config, dict) else None
+        return effort if isinstance(effort, str) else "medium"
+    budget = thinking.get("budget_tokens") if isinstance(thinking.get("budget_tokens"), int) else 8192
+    return next(effort for limit, effort in EFFORT_FOR_BUDGET if budget < limit)
+
+
+def parse_messages_request(body: dict[str, Any]) -> c.Request:
+    """An Anthropic Messages body -> the canonical request (only when a translation needs it)."""
+    unsupported: list[str] = []
+    messages: list[c.Message] = []
+    system = body.get("system")
+    if system:
+        messages.append(c.Message("system", [c.Text(_text_of(system))]))
+    raw = body.get("messages")
+    if not isinstance(raw, list):
+        raise _invalid("messages", "expected an array")
+    for i, turn in enumerate(raw):
+        messages += _client_turn(turn, f"messages.{i}", unsupported)
+    request = c.Request(messages)
+    for i, tool in enumerate(body.get("tools") or []):
+        if not isinstance(tool, dict) or "input_schema" not in tool:
+            unsupported.append(
+                f"tools.{i}: server tools ({tool.get('type') if isinstance(tool, dict) else tool}) cannot be translated"
+            )
+            continue
+        request.tools.append(c.Tool(str(tool.get("name")), tool.get("description"), tool.get("input_schema")))
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        request.tool_choice = {"any": "required", "auto": "auto", "none": "none"}.get(str(kind))
+        if kind == "tool":
+            request.forced_tool = choice.get("name")
+        if choice.get("disable_parallel_tool_use"):
+            request.parallel_tool_calls = False
+    request.max_output_tokens = body.get("max_tokens")
+    request.temperature, request.top_p = body.get("temperature"), body.get("top_p")
+    request.stop = body.get("stop_sequences")
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        request.user = metadata["user_id"]
+    output_config = body.get("output_config")
+    request.reasoning_effort = _effort(body.get("thinking"), output_config)
+    fmt = output_config.get("format") if isinstance(output_config, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        request.output_format = c.OutputFormat("json_schema", "response", fmt.get("schema"))
+    request.stream = body.get("stream") is True
+    for key in body.keys() - HANDLED:
+        if key not in DROPPABLE:
+            unsupported.append(f"{key}: cannot be translated")
+    request.unsupported = unsupported
+    return request
+
+
+def _usage_object(usage: Usage | None) -> dict[str, Any]:
+    usage = usage or Usage()
+    return {
+        "input_tokens": usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+    }
+
+
+def new_message_id() -> str:
+    return f"msg_{secrets.token_hex(12)}"
+
+
+class AnthropicClient:
+    """Anthropic Messages as the client's format: canonical answers -> Message bodies and streams."""
+
+    def __init__(self, model: str, request: Callable[[], c.Request]) -> None:
+        self.model = model
+        self.request = request  # for the input estimate message_start needs before usage is known
+        self.id = new_message_id()
+
+    def render(self, response: c.Response) -> bytes:
+        content: list[dict[str, Any]] = []
+        if response.reasoning:
+            content.append(
+                {"type": "thinking", "thinking": response.reasoning, "signature": response.reasoning_signature or ""}
+            )
+        if response.text:
+            content.append({"type": "text", "text": response.text})
+        for call in response.tool_calls:
+            content.append(
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": _loads_object(call.arguments)}
+            )
+        message = {
+            "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
+            "stop_reason": FINISH_TO_STOP[response.finish], "stop_sequence": None,
+            "usage": _usage_object(response.usage),
+        }  # fmt: skip
+        return orjson.dumps(message)
+
+    def encoder(self) -> AnthropicEncoder:
+        return AnthropicEncoder(self)
+
+
+def _loads_object(arguments: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _sse(kind: str, payload: dict[str, Any]) -> bytes:
+    return encode_event(orjson.dumps({"type": kind, **payload}), kind)
+
+
+class AnthropicEncoder:
+    """Canonical events -> Messages stream events. Blocks open, stream and close one at a time with
+    contiguous indexes; message_start carries usage and message_delta the output tokens."""
+
+    def __init__(self, client: AnthropicClient) -> None:
+        self.client = client
+        self.started = False
+        self.index = -1  # of the open block
+        self.open: str | None = None  # its kind: text, thinking, tool_use
+        self.tool_block: dict[int, int] = {}  # upstream tool index -> block index
+        self.finish: c.Finish = "stop"
+
+    def _begin(self, out: list[bytes]) -> None:
+        if self.started:
+            return
+        self.started = True
+        estimate = c.estimate_tokens(c.request_chars(self.client.request()))
+        message = {
+            "id": self.client.id, "type": "message", "role": "assistant", "model": self.client.model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": estimate, "output_tokens": 1},
+        }  # fmt: skip
+        out.append(_sse("message_start", {"message": message}))
+
+    def _block(self, kind: str, out: list[bytes], start: dict[str, Any]) -> None:
+        self._close(out)
+        self.index += 1
+        self.open = kind
+        out.append(_sse("content_block_start", {"index": self.index, "content_block": start}))
+
+    def _close(self, out: list[bytes]) -> None:
+        if self.open is not None:
+            out.append(_sse("content_block_stop", {"index": self.index}))
+            self.open = None
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return _sse("content_block_delta", {"index": self.index, "delta": delta})
+
+    def encode(self, events: list[c.Event]) -> bytes:
+        out: list[bytes] = []
+        for event in events:
+            if isinstance(event, c.TextDelta) and event.text:
+                self._begin(out)
+                if self.open != "text":
+                    self._block("text", out, {"type": "text", "text": ""})
+                out.append(self._delta({"type": "text_delta", "text": event.text}))
+            elif isinstance(event, c.ReasoningDelta):
+                self._begin(out)
+                if self.open != "thinking":
+                    self._block("thinking", out, {"type": "thinking", "thinking": "", "signature": ""})
+                out.append(self._delta({"type": "thinking_delta", "thinking": event.text}))
+            elif isinstance(event, c.ReasoningSignature) and self.open == "thinking":
+                out.append(self._delta({"type": "signature_delta", "signature": event.signature}))
+            elif isinstance(event, c.ToolCallStart):
+                self._begin(out)
+                self._block("tool_use", out, {"type": "tool_use", "id": event.id, "name": event.name, "input": {}})
+                self.tool_block[event.index] = self.index
+            elif isinstance(event, c.ToolCallDelta):
+                if self.tool_block.get(event.index) != self.index or self.open != "tool_use":
+                    raise _bad("tool call arguments interleaved with another block")
+                out.append(self._delta({"type": "input_json_delta", "partial_json": event.arguments}))
+            elif isinstance(event, c.FinishEvent):
+                self.finish = event.reason
+        return b"".join(out)
+
+    def finish_stream(self, usage: Usage | None) -> bytes:
+        out: list[bytes] = []
+        self._begin(out)
+        self._close(out)
+        delta = {"stop_reason": FINISH_TO_STOP[self.finish], "stop_sequence": None}
+        out.append(_sse("message_delta", {"delta": delta, "usage": _usage_object(usage)}))
+        out.append(_sse("message_stop", {}))
+        return b"".join(out)
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        return stream_error(error, connection)
+
+
+def stream_error(error: UpstreamError, connection: str) -> bytes:
+    kind = "overloaded_error" if error.reason in (Reason.SERVER_ERROR, Reason.RATE_LIMITED) else "api_error"
+    message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
+    return _sse("error", {"error": {"type": kind, "message": message}})
+
+
+# --- same format: the byte fast path ------------------------------------------------------------
+
+STREAM_CONTENT = frozenset({"text_delta", "thinking_delta", "input_json_delta"})
+
+
+class MessagesStream:
+    """One attempt's Anthropic stream passed through; decoded only for the commit point, errors, usage."""
+
+    def __init__(self) -> None:
+        self.decoder = AnthropicDecoder()
+        self.usage: Usage | None = None
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
+        if event.comment:
+            return b"", False
+        commits = c.carries_content(self.decoder.feed(event))  # an error event raises
+        self.usage = self.decoder.usage
+        return encode_event(event.data, event.event), commits
+
+    def end(self) -> bytes:
+        self.decoder.end()
+        return b""
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        return stream_error(error, connection)
+
+
+class NativeMessages:
+    """An Anthropic Messages request to an Anthropic connection: bytes pass through, with the
+    client's anthropic-version and anthropic-beta."""
+
+    def __init__(self, body: dict[str, Any], client_headers: Mapping[str, str], path: str = "/messages") -> None:
+        self.body = body
+        self.path = path
+        self.headers = {"Content-Type": "application/json"}
+        version = client_headers.get("anthropic-version")
+        if version:
+            self.headers["anthropic-version"] = version
+
+    def serves(self, connection: Connection) -> bool:
+        return connection.wire_format is WireFormat.ANTHROPIC
+
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
+        body = dict(self.body)
+        body["model"] = candidate.model
+        headers = {"anthropic-version": candidate.connection.anthropic_version, **self.headers}
+        return UpstreamCall(self.path, orjson.dumps(body), headers)
+
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        if event_stream:
+            raise _bad("an Anthropic upstream streamed although asked for JSON")
+        message = _object(body, "2xx response body")
+        if message.get("type") == "error":
+            raise error_from(message)
+        return body, usage_from(message.get("usage"))
+
+    def stream_relay(self, candidate: Candidate) -> MessagesStream:
+        return MessagesStream()

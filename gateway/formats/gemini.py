@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 
 from ..config import Connection
-from ..errors import ErrorKind, Reason, UpstreamError, classify_status
+from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
-from ..sse import SSEEvent
+from ..sse import SSEEvent, encode_event
 from . import canonical as c
 
 SIGNATURE_SEPARATOR = "__thought__"
@@ -302,3 +302,329 @@ class GeminiUpstream:
 
     def decoder(self, connection: Connection) -> GeminiDecoder:
         return GeminiDecoder()
+
+
+# --- Gemini as the client's format -------------------------------------------------------------
+
+FINISH_TO_GEMINI = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY"}
+EFFORT_FOR_BUDGET = ((1, "none"), (2048, "low"), (16384, "medium"), (10**9, "high"))
+# The REST API accepts snake_case on input; the SDKs send camelCase. Structural keys only: never the
+# keys inside schemas, function arguments or function responses.
+SNAKE_TO_CAMEL = {
+    key: re.sub(r"_(\w)", lambda m: m.group(1).upper(), key)
+    for key in (
+        "system_instruction", "generation_config", "max_output_tokens", "inline_data", "mime_type",
+        "function_call", "function_response", "function_declarations", "tool_config", "function_calling_config",
+        "allowed_function_names", "response_mime_type", "response_schema", "response_json_schema",
+        "thinking_config", "thinking_budget", "thinking_level", "include_thoughts", "stop_sequences", "top_p",
+        "top_k", "candidate_count", "parameters_json_schema", "thought_signature", "file_data", "file_uri",
+        "safety_settings", "cached_content",
+    )
+}  # fmt: skip
+OPAQUE = frozenset({"args", "response", "parameters", "parametersJsonSchema", "responseSchema", "responseJsonSchema"})
+HANDLED = frozenset({"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "model"})
+DROPPABLE = frozenset({"safetySettings", "cachedContent", "labels"})
+
+
+def camel(value: Any) -> Any:
+    if isinstance(value, list):
+        return [camel(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        key = SNAKE_TO_CAMEL.get(key, key)
+        out[key] = item if key in OPAQUE else camel(item)
+    return out
+
+
+def _invalid(param: str, message: str) -> GatewayError:
+    return GatewayError(400, f"Invalid value at '{param}': {message}", param=param)
+
+
+def _data_url(blob: dict[str, Any]) -> str:
+    return f"data:{blob.get('mimeType')};base64,{blob.get('data')}"
+
+
+class _CallIds:
+    """Gemini calls may come without ids: give them stable ones, matched to responses by name."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.open: dict[str, list[str]] = {}
+
+    def call(self, function: dict[str, Any], signature: Any) -> str:
+        base = function.get("id") or f"gemini-{self.count}"
+        self.count += 1
+        self.open.setdefault(str(function.get("name")), []).append(base)
+        return join_signature(str(base), signature if isinstance(signature, str) else None)
+
+    def response(self, function: dict[str, Any]) -> str:
+        waiting = self.open.get(str(function.get("name"))) or []
+        if function.get("id"):
+            if function["id"] in waiting:
+                waiting.remove(function["id"])
+            return str(function["id"])
+        return waiting.pop(0) if waiting else f"gemini-{function.get('name')}"
+
+
+def _content(raw: Any, where: str, ids: _CallIds, unsupported: list[str]) -> list[c.Message]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("parts"), list):
+        raise _invalid(where, "a content needs a parts array")
+    role = "assistant" if raw.get("role") == "model" else "user"
+    message = c.Message(role)
+    out: list[c.Message] = []
+    reasoning: list[str] = []
+    for i, part in enumerate(raw["parts"]):
+        at = f"{where}.parts[{i}]"
+        if not isinstance(part, dict):
+            raise _invalid(at, "expected an object")
+        if isinstance(part.get("text"), str):
+            if part.get("thought"):
+                reasoning.append(part["text"])
+            else:
+                message.content.append(c.Text(part["text"]))
+        elif isinstance(part.get("inlineData"), dict):
+            blob = part["inlineData"]
+            url = _data_url(blob)
+            message.content.append(c.Image(url) if str(blob.get("mimeType")).startswith("image/") else c.File(data=url))
+        elif isinstance(part.get("functionCall"), dict):
+            function = part["functionCall"]
+            call_id = ids.call(function, part.get("thoughtSignature"))
+            message.tool_calls.append(
+                c.ToolCall(call_id, str(function.get("name")), orjson.dumps(function.get("args") or {}).decode())
+            )
+        elif isinstance(part.get("functionResponse"), dict):
+            function = part["functionResponse"]
+            result = orjson.dumps(function.get("response") or {}).decode()
+            out.append(c.Message("tool", [c.Text(result)], tool_call_id=ids.response(function)))
+        else:
+            unsupported.append(f"{at}: this kind of part cannot be translated")
+    if reasoning and role == "assistant":
+        message.reasoning = "".join(reasoning)
+    if message.content or message.tool_calls or message.reasoning:
+        out.append(message)
+    return out
+
+
+def _effort_of(thinking: Any) -> str | None:
+    if not isinstance(thinking, dict):
+        return None
+    level = thinking.get("thinkingLevel")
+    if isinstance(level, str):
+        return level.lower()
+    budget = thinking.get("thinkingBudget")
+    if not isinstance(budget, int) or budget < 0:  # -1: dynamic
+        return "medium" if thinking.get("includeThoughts") else None
+    return next(effort for limit, effort in EFFORT_FOR_BUDGET if budget < limit)
+
+
+def parse_generate_request(raw_body: dict[str, Any], stream: bool) -> c.Request:
+    """A generateContent body -> the canonical request (only when a translation needs it)."""
+    body = camel(raw_body)
+    unsupported: list[str] = []
+    messages: list[c.Message] = []
+    system = body.get("systemInstruction")
+    if isinstance(system, dict):
+        text = "".join(p.get("text", "") for p in system.get("parts") or [] if isinstance(p, dict))
+        if text:
+            messages.append(c.Message("system", [c.Text(text)]))
+    contents = body.get("contents")
+    if not isinstance(contents, list):
+        raise _invalid("contents", "expected an array of contents")
+    ids = _CallIds()
+    for i, content in enumerate(contents):
+        messages += _content(content, f"contents[{i}]", ids, unsupported)
+    request = c.Request(messages, stream=stream)
+    for i, tool in enumerate(body.get("tools") or []):
+        declarations = tool.get("functionDeclarations") if isinstance(tool, dict) else None
+        if not isinstance(declarations, list):
+            unsupported.append(f"tools[{i}]: only function declarations can be translated")
+            continue
+        for declaration in declarations:
+            parameters = declaration.get("parametersJsonSchema") or declaration.get("parameters")
+            request.tools.append(c.Tool(str(declaration.get("name")), declaration.get("description"), parameters))
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    mode = str(config.get("mode", "AUTO")).upper()
+    allowed = config.get("allowedFunctionNames") or []
+    if mode in ("ANY", "VALIDATED") and len(allowed) == 1:
+        request.forced_tool = allowed[0]
+    elif mode in ("ANY", "NONE", "AUTO"):
+        request.tool_choice = {"ANY": "required", "NONE": "none", "AUTO": "auto"}[mode]
+    generation = body.get("generationConfig") or {}
+    request.max_output_tokens = generation.get("maxOutputTokens")
+    request.temperature, request.top_p = generation.get("temperature"), generation.get("topP")
+    request.stop = generation.get("stopSequences")
+    if generation.get("responseMimeType") == "application/json":
+        schema = generation.get("responseJsonSchema") or generation.get("responseSchema")
+        request.output_format = (
+            c.OutputFormat("json_schema", "response", schema) if schema else c.OutputFormat("json_object")
+        )
+    request.reasoning_effort = _effort_of(generation.get("thinkingConfig"))
+    if isinstance(generation.get("candidateCount"), int) and generation["candidateCount"] > 1:
+        unsupported.append("generationConfig.candidateCount: several candidates cannot be translated")
+    for key in body.keys() - HANDLED:
+        if key not in DROPPABLE:
+            unsupported.append(f"{key}: cannot be translated")
+    request.unsupported = unsupported
+    return request
+
+
+def _usage_metadata(usage: Usage | None) -> dict[str, Any]:
+    usage = usage or Usage()
+    out = {
+        "promptTokenCount": usage.input_tokens,
+        "candidatesTokenCount": usage.output_tokens - usage.reasoning_tokens,
+        "totalTokenCount": usage.input_tokens + usage.output_tokens,
+    }
+    if usage.reasoning_tokens:
+        out["thoughtsTokenCount"] = usage.reasoning_tokens
+    if usage.cached_tokens:
+        out["cachedContentTokenCount"] = usage.cached_tokens
+    return out
+
+
+def _call_part(call: c.ToolCall) -> dict[str, Any]:
+    call_id, signature = split_signature(call.id)
+    function: dict[str, Any] = {"name": call.name, "args": _loads_object(call.arguments)}
+    if not call_id.startswith("gemini-"):
+        function["id"] = call_id
+    part: dict[str, Any] = {"functionCall": function}
+    if signature:
+        part["thoughtSignature"] = signature
+    return part
+
+
+def _loads_object(arguments: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class GeminiClient:
+    """Gemini as the client's format: canonical answers -> GenerateContentResponse bodies and chunks."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.id = secrets.token_hex(12)
+
+    def chunk(
+        self, parts: list[dict[str, Any]], finish: str | None = None, usage: Usage | None = None
+    ) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+        if finish:
+            candidate["finishReason"] = finish
+        body: dict[str, Any] = {"candidates": [candidate], "modelVersion": self.model, "responseId": self.id}
+        if finish:
+            body["usageMetadata"] = _usage_metadata(usage)
+        return body
+
+    def render(self, response: c.Response) -> bytes:
+        parts: list[dict[str, Any]] = []
+        if response.reasoning:
+            parts.append({"text": response.reasoning, "thought": True})
+        if response.text:
+            parts.append({"text": response.text})
+        parts += [_call_part(call) for call in response.tool_calls]
+        return orjson.dumps(self.chunk(parts, FINISH_TO_GEMINI[response.finish], response.usage))
+
+    def encoder(self) -> GeminiEncoder:
+        return GeminiEncoder(self)
+
+
+class GeminiEncoder:
+    """Canonical events -> streamGenerateContent SSE chunks. A function call goes out whole, once its
+    arguments are complete (Gemini never streams partial arguments)."""
+
+    def __init__(self, client: GeminiClient) -> None:
+        self.client = client
+        self.calls: dict[int, c.ToolCall] = {}
+        self.finish: c.Finish = "stop"
+
+    def _send(self, parts: list[dict[str, Any]], finish: str | None = None, usage: Usage | None = None) -> bytes:
+        return encode_event(orjson.dumps(self.client.chunk(parts, finish, usage)))
+
+    def _flush_calls(self) -> list[dict[str, Any]]:
+        parts = [_call_part(self.calls[i]) for i in sorted(self.calls)]
+        self.calls.clear()
+        return parts
+
+    def encode(self, events: list[c.Event]) -> bytes:
+        parts: list[dict[str, Any]] = []
+        for event in events:
+            if isinstance(event, c.TextDelta) and event.text:
+                parts.append({"text": event.text})
+            elif isinstance(event, c.ReasoningDelta):
+                parts.append({"text": event.text, "thought": True})
+            elif isinstance(event, c.ToolCallStart):
+                parts += self._flush_calls()
+                self.calls[event.index] = c.ToolCall(event.id, event.name, "")
+            elif isinstance(event, c.ToolCallDelta) and event.index in self.calls:
+                self.calls[event.index].arguments += event.arguments
+            elif isinstance(event, c.FinishEvent):
+                self.finish = event.reason
+        return self._send(parts) if parts else b""
+
+    def finish_stream(self, usage: Usage | None) -> bytes:
+        return self._send(self._flush_calls(), FINISH_TO_GEMINI[self.finish], usage)
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        return stream_error(error, connection)
+
+
+def stream_error(error: UpstreamError, connection: str) -> bytes:
+    message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
+    return encode_event(orjson.dumps({"error": {"code": 503, "message": message, "status": "UNAVAILABLE"}}))
+
+
+# --- same format: the byte fast path ------------------------------------------------------------
+
+
+class GenerateStream:
+    """One attempt's Gemini stream, passed through chunk by chunk (CRLF framing normalised)."""
+
+    def __init__(self) -> None:
+        self.decoder = GeminiDecoder()
+        self.usage: Usage | None = None
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
+        if event.comment:
+            return b"", False
+        commits = c.carries_content(self.decoder.feed(event))
+        self.usage = self.decoder.usage
+        return encode_event(event.data), commits
+
+    def end(self) -> bytes:
+        self.decoder.end()
+        return b""
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        return stream_error(error, connection)
+
+
+class NativeGenerate:
+    """A Gemini request to a Gemini connection: bytes pass through, the model in the path."""
+
+    def __init__(self, body: dict[str, Any], stream: bool) -> None:
+        self.body = body
+        self.stream = stream
+
+    def serves(self, connection: Connection) -> bool:
+        return connection.wire_format is WireFormat.GEMINI
+
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
+        method = "streamGenerateContent?alt=sse" if self.stream else "generateContent"
+        model = candidate.model.removeprefix("models/")
+        return UpstreamCall(f"/models/{model}:{method}", orjson.dumps(self.body), {"Content-Type": "application/json"})
+
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        if event_stream:
+            raise _bad("a Gemini upstream streamed although asked for JSON")
+        decoder = GeminiDecoder()
+        decoder.chunk(_object(body, "2xx response body"))  # raises for errors and failed finishes
+        return body, decoder.usage
+
+    def stream_relay(self, candidate: Candidate) -> GenerateStream:
+        return GenerateStream()
