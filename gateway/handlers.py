@@ -254,7 +254,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         candidates = []
     if candidates:
         record.model = model
-        return await gateway.router.serve(request, record, native, candidates)  # type: ignore[arg-type]
+        return await gateway.router.serve(request, record, native, candidates)
     estimate = estimate_tokens(request_chars(parse_messages_request(body)))
     return _json({"input_tokens": estimate}, headers={"x-gateway-usage": "estimated"})
 

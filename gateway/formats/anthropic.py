@@ -671,9 +671,12 @@ class NativeMessages:
     """An Anthropic Messages request to an Anthropic connection: bytes pass through, with the
     client's anthropic-version and anthropic-beta."""
 
+    same_model_only = False
+
     def __init__(self, body: dict[str, Any], client_headers: Mapping[str, str], path: str = "/messages") -> None:
         self.body = body
         self.path = path
+        self.stream = body.get("stream") is True
         self.headers = {"Content-Type": "application/json"}
         version = client_headers.get("anthropic-version")
         if version:
@@ -698,3 +701,7 @@ class NativeMessages:
 
     def stream_relay(self, candidate: Candidate) -> MessagesStream:
         return MessagesStream()
+
+    def features(self) -> c.Features:
+        """Used alone (count_tokens) nothing is gated; as a fast path the bridge answers for the request."""
+        return c.Features()
