@@ -123,7 +123,11 @@ async def test_anthropic_sdk_text_and_tool_round_trip(start_upstream, start_gate
             "tool_use",
         )
         # the round trip: the tool's result goes back, and reaches the upstream in its own format
-        follow_up = [*asked, {"role": "assistant", "content": [b.model_dump() for b in message.content]}, {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "21C"}]}]
+        follow_up = [
+            *asked,
+            {"role": "assistant", "content": [b.model_dump() for b in message.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "21C"}]},
+        ]
         await client.messages.create(model="tool-model", max_tokens=100, messages=follow_up, tools=[WEATHER_TOOL])
         sent = call_up.requests[-1].json
         if kind == "openai":
