@@ -23,5 +23,16 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The benchmark (tests/bench/README.md): the gateway against the thinnest aiohttp forwarder, on loopback.
+# Installs what it needs from Debian: wrk (the load generator) and, when it can, perf (instructions per
+# request, reported only where the machine exposes the counter). taskset comes with util-linux.
+# Pass options with BENCH_ARGS, e.g. `make bench BENCH_ARGS="--rounds 1 --only 'chat c=1'"`.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	command -v perf >/dev/null || apt-get install -y linux-perf || (apt-get update && apt-get install -y linux-perf) \
+		|| echo "bench: perf is not available: instructions per request will not be reported"
+	$(PY) -m tests.bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

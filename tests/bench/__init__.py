@@ -1,0 +1,1 @@
+"""The benchmark harness (`make bench`): not collected by pytest (see pyproject's norecursedirs)."""
