@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
+
+import uvloop
 
 from .config import ConfigError, load_config
 from .logs import setup_logging
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     try:
-        asyncio.run(run_server(config, host, port))
+        uvloop.run(run_server(config, host, port))  # a faster event loop: the gateway's own cost is the product
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1

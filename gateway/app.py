@@ -53,6 +53,9 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     try:
         gateway.auth.check(request)
         response = await handler(request)
+        if not response.prepared:  # the client gets its answer before the bookkeeping below runs
+            await response.prepare(request)
+            await response.write_eof()
     except GatewayError as err:
         response = handlers.error_response(record.client_api, err)
     except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method, body too large

@@ -7,6 +7,7 @@ of the box, a shared service must set keys.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 
@@ -20,6 +21,7 @@ NO_KEYS_MESSAGE = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(remote: str | None) -> bool:
     if remote is None:  # a Unix socket: local by construction
         return True

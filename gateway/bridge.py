@@ -57,19 +57,28 @@ class BridgeStream:
         self.encoder = encoder
         self.request = request
         self.usage: Usage | None = None
-        self.answer = c.Accumulator()  # kept for a usage estimate when the upstream reports none
+        self.committed = False
+        # Only for a usage estimate when the upstream reports none: characters of answer, reasoning.
+        self.answer_chars = self.reasoning_chars = 0
 
     def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
         events = self.decoder.feed(event)
         if not events:
             return b"", False
         self._note(events)
-        return self.encoder.encode(events), c.carries_content(events)
+        commits = not self.committed and c.carries_content(events)
+        self.committed = self.committed or commits
+        return self.encoder.encode(events), commits
 
     def _note(self, events: list[c.Event]) -> None:
-        self.answer.add(events)
         for event in events:
-            if isinstance(event, c.UsageEvent):
+            if isinstance(event, c.TextDelta):
+                self.answer_chars += len(event.text)
+            elif isinstance(event, c.ReasoningDelta):
+                self.reasoning_chars += len(event.text)
+            elif isinstance(event, c.ToolCallDelta | c.ToolCallStart):
+                self.answer_chars += len(event.arguments if isinstance(event, c.ToolCallDelta) else event.name)
+            elif isinstance(event, c.UsageEvent):
                 self.usage = event.usage
 
     def end(self) -> bytes:
@@ -77,8 +86,7 @@ class BridgeStream:
         self._note(events)
         out = self.encoder.encode(events)
         if self.usage is None:
-            answer = self.answer.result()
-            self.usage = c.estimate_usage(self.request, answer.text, answer.reasoning, answer.tool_calls)
+            self.usage = c.estimate_usage(self.request, self.answer_chars, self.reasoning_chars)
         return out + self.encoder.finish_stream(self.usage)
 
     def error(self, error: UpstreamError, connection: str) -> bytes:
@@ -133,7 +141,7 @@ class Bridge:
         else:
             response = upstream.parse(body, candidate.connection)
         if response.usage is None:
-            response.usage = c.estimate_usage(self.request, response.text, response.reasoning, response.tool_calls)
+            response.usage = c.estimate_usage(self.request, c.answer_chars(response), len(response.reasoning))
         return self.client.render(response), response.usage
 
     def features(self) -> c.Features:
@@ -155,13 +163,20 @@ class SameFormat(Protocol):
 
 
 class PerConnection:
-    """Each candidate through the byte fast path where it speaks the client's format, else the bridge."""
+    """Each candidate through the byte fast path where it speaks the client's format, else the bridge
+    (built on first use: most requests never leave the fast path)."""
 
-    def __init__(self, same_format: SameFormat, bridge: Bridge) -> None:
+    def __init__(self, same_format: SameFormat, bridge: Bridge | Callable[[], Bridge], *, stream: bool) -> None:
         self.same_format = same_format
-        self.bridge = bridge
-        self.stream = bridge.stream
-        self.same_model_only = bridge.same_model_only
+        self._bridge = bridge
+        self.stream = stream
+        self.same_model_only = False
+
+    @property
+    def bridge(self) -> Bridge:
+        if not isinstance(self._bridge, Bridge):
+            self._bridge = self._bridge()
+        return self._bridge
 
     def _for(self, connection: Connection) -> SameFormat | Bridge:
         return self.same_format if self.same_format.serves(connection) else self.bridge

@@ -67,7 +67,7 @@ class ResponsesRelay(PerConnection):
         store: ResponseStore,
         previous: StoredResponse | None,
     ) -> None:
-        super().__init__(native, bridge)
+        super().__init__(native, bridge, stream=bridge.stream)
         self.serving: Candidate | None = None
         if context.stored:
             items = input_items(context.body)

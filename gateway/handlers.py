@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -116,11 +116,13 @@ def _openai_handler(
         same_format = OpenAIRelay(path, body, same_model_only=same_model_only)
         relay: Relay = same_format
         if path == "/chat/completions":
-            client = ChatClient(model, same_format.wants_usage)
-            bridge = Bridge(
-                client, lambda: parse_chat_request(body), _upstreams(gateway, chat=False), stream=same_format.stream
-            )
-            relay = PerConnection(same_format, bridge)
+
+            def bridge() -> Bridge:
+                client = ChatClient(model, same_format.wants_usage)
+                upstreams = _upstreams(gateway, chat=False)
+                return Bridge(client, lambda: parse_chat_request(body), upstreams, stream=same_format.stream)
+
+            relay = PerConnection(same_format, bridge, stream=same_format.stream)
         record.model, record.stream = model, same_format.stream
         if gateway.config.logging.bodies:
             record.request_body = body
@@ -235,7 +237,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     bridge = Bridge(
         AnthropicClient(model, parse), parse, _upstreams(gateway, chat=True, anthropic=False), stream=stream
     )
-    relay = PerConnection(NativeMessages(body, request.headers), bridge)
+    relay = PerConnection(NativeMessages(body, request.headers), bridge, stream=stream)
     return await _serve(request, record, relay, model, body)
 
 
@@ -273,7 +275,7 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     bridge = Bridge(
         client, lambda: parse_generate_request(body, sse), _upstreams(gateway, chat=True, gemini=False), stream=sse
     )
-    relay = PerConnection(NativeGenerate(body, sse), bridge)
+    relay = PerConnection(NativeGenerate(body, sse), bridge, stream=sse)
     response = await _serve(request, record, relay, model, body)
     if method == "streamGenerateContent" and not sse and isinstance(response, web.Response) and response.status == 200:
         response.body = b"[" + bytes(response.body) + b"]"  # the stream method without SSE answers an array
@@ -382,4 +384,4 @@ async def metrics(request: web.Request) -> web.Response:
 
 def request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    return given if given and REQUEST_ID_RE.match(given) else os.urandom(16).hex()

@@ -13,10 +13,12 @@ and turns the answer into the client's format.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import functools
 import math
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Protocol
 
 import aiohttp
@@ -29,10 +31,10 @@ from .presets import WireFormat
 from .record import Attempt, RequestRecord, Usage
 from .sse import SSEEvent
 from .transport import (
+    EventReader,
     Transport,
     http_error,
     is_event_stream,
-    iter_events,
     join_url,
     read_body,
     relayable_headers,
@@ -108,10 +110,16 @@ def route_targets(routes: Mapping[str, list[str]], model: str) -> list[str] | No
     exact = routes.get(model)
     if exact is not None:
         return exact
-    for pattern, names in routes.items():
-        if GLOB_CHARS.intersection(pattern) and fnmatchcase(model, pattern):
-            return names
+    for pattern, compiled in _globs(tuple(routes)):
+        if compiled.match(model):
+            return routes[pattern]
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _globs(patterns: tuple[str, ...]) -> list[tuple[str, re.Pattern[str]]]:
+    """The glob patterns among the routes, compiled once per configuration."""
+    return [(p, re.compile(fnmatch.translate(p))) for p in patterns if GLOB_CHARS.intersection(p)]
 
 
 def no_connection_message(config: Config) -> str:
@@ -241,6 +249,58 @@ def _capture(buffer: bytearray | None, data: bytes) -> None:
         buffer += data[: CAPTURE_LIMIT - len(buffer)]
 
 
+async def _until_content(reader: EventReader, stream: StreamRelay, held: list[bytes]) -> None:
+    """Read and hold until the first event that carries content (the commit point); the events that
+    arrived with it are held too. Raises UpstreamError for a stream that ends or fails first."""
+    while True:
+        batch = await reader.read()
+        if batch is None:
+            raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before any content")
+        committed = False
+        for event in batch:
+            out, commits = stream.feed(event)
+            if out:
+                held.append(out)
+            committed = committed or commits
+        if committed:
+            return
+
+
+class Watchdog:
+    """Cancels the task when no progress is noted for `idle` seconds, or at `end`. Noting progress is
+    one float store; the timer moves only when it fires (a timeout rescheduled per stream event cost
+    more than the rest of the relay)."""
+
+    __slots__ = ("_end", "_expired", "_handle", "_idle", "_loop", "_task", "progress")
+
+    def __init__(self, idle: float, end: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._idle, self._end = idle, end
+        self._expired = False
+        self.progress = self._loop.time()
+        self._handle = self._loop.call_at(min(self.progress + idle, end), self._fire)
+
+    def _fire(self) -> None:
+        due = min(self.progress + self._idle, self._end)
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    def claim(self) -> bool:
+        """After a CancelledError: True when it was this watchdog's (then the task is uncancelled)."""
+        if not self._expired:
+            return False
+        assert self._task is not None
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -325,7 +385,6 @@ class Router:
         attempt_end = sent + limits.total
         commit_by = min(sent + limits.first_byte, chain_deadline, attempt_end)
         upstream: aiohttp.ClientResponse | None = None
-        events: AsyncIterator[SSEEvent] | None = None
         held: list[bytes] = []
         committed_at: float | None = None
         phase = "headers"
@@ -339,17 +398,8 @@ class Router:
                     if streaming:
                         phase = "content"
                         stream = relay.stream_relay(candidate)
-                        events = iter_events(upstream)
-                        async for event in events:
-                            out, commits = stream.feed(event)
-                            if out:
-                                held.append(out)
-                            if commits:
-                                break
-                        else:
-                            raise UpstreamError(
-                                ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before any content"
-                            )
+                        reader = EventReader(upstream)
+                        await _until_content(reader, stream, held)
                     else:
                         phase = "body"
                         attempt.ttfb = loop.time() - sent
@@ -383,48 +433,52 @@ class Router:
                 record.client_disconnected = True
                 return response
             _capture(record.response_body, first)
-            assert events is not None
-            await self._relay_rest(response, events, stream, record, attempt, connection, attempt_end)
+            await self._relay_rest(response, reader, stream, record, attempt, connection, attempt_end)
             record.usage = stream.usage
             return response
         finally:
             attempt.duration = loop.time() - sent
             if committed_at is None:
                 attempt.waited = attempt.duration
-            if events is not None:
-                await events.aclose()  # type: ignore[attr-defined]
             if upstream is not None:
                 upstream.close()
 
     async def _relay_rest(
         self,
         response: web.StreamResponse,
-        events: AsyncIterator[SSEEvent],
+        reader: EventReader,
         stream: StreamRelay,
         record: RequestRecord,
         attempt: Attempt,
         connection: Connection,
         attempt_end: float,
     ) -> None:
-        """After commit: relay event by event; a failure ends the stream with an error event."""
+        """After commit: everything one upstream read brings goes out in one write; a failure ends
+        the stream with an error event in the client's format."""
         loop = asyncio.get_running_loop()
         idle = connection.timeout.idle
         capture = record.response_body
+        watchdog = Watchdog(idle, attempt_end)
         try:
-            async with asyncio.timeout(None) as timer:
-                while True:
-                    timer.reschedule(min(loop.time() + idle, attempt_end))
-                    waiting_since = loop.time()
-                    event = await anext(events, None)
-                    attempt.waited += loop.time() - waiting_since
-                    timer.reschedule(attempt_end)  # a slow client is not an idle upstream
-                    out = stream.end() if event is None else stream.feed(event)[0]
-                    if out:
-                        await response.write(out)
-                        _capture(capture, out)
-                    if event is None:
-                        return
-        except TimeoutError:
+            while True:
+                waiting_since = loop.time()
+                batch = await reader.read()
+                now = watchdog.progress = loop.time()
+                attempt.waited += now - waiting_since
+                if batch is None:
+                    out = stream.end()
+                else:
+                    pieces = [piece for piece, _ in map(stream.feed, batch) if piece]
+                    out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                if out:
+                    await response.write(out)
+                    watchdog.progress = loop.time()  # a slow client is not an idle upstream
+                    _capture(capture, out)
+                if batch is None:
+                    return
+        except asyncio.CancelledError:
+            if not watchdog.claim():
+                raise
             stalled = loop.time() < attempt_end - 0.001
             failure = UpstreamError(
                 ErrorKind.TIMEOUT,
@@ -436,6 +490,8 @@ class Router:
         except ConnectionResetError:
             record.client_disconnected = True
             return
+        finally:
+            watchdog.close()
         _note_failure(attempt, failure, connection)
         record.failed_after_commit = True
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -73,6 +73,7 @@ class Transport:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # per connect value: reused, not rebuilt
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, family=socket.AF_UNSPEC)
@@ -97,7 +98,7 @@ class Transport:
                 url,
                 headers=headers,
                 data=body,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+                timeout=self._timeout(connect_timeout),
                 allow_redirects=False,
                 skip_auto_headers=("Content-Type",) if body is None else (),
             )
@@ -119,6 +120,14 @@ class Transport:
             raise UpstreamError(
                 ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"request failed ({type(exc).__name__})"
             ) from None
+
+    def _timeout(self, connect: float) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(connect)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
+            if len(self._timeouts) < 64:  # the configured values; deadline-capped ones are one-offs
+                self._timeouts[connect] = timeout
+        return timeout
 
 
 def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
@@ -162,18 +171,26 @@ async def read_body(response: aiohttp.ClientResponse) -> bytes:
         raise _body_error(exc, "body") from None
 
 
-async def iter_events(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
-    """The response's SSE events as they arrive; network failures become UpstreamError."""
-    parser = SSEParser()
-    content = response.content
-    try:
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            for event in parser.feed(chunk):
-                yield event
-    except aiohttp.ClientError as exc:
-        raise _body_error(exc, "stream") from None
-    for event in parser.close():
-        yield event
+class EventReader:
+    """The SSE events each network read completes. Whole reads, not single events, so a relay can
+    turn everything that arrived together into one write to its client."""
+
+    __slots__ = ("_content", "_done", "_parser")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._content = response.content
+        self._parser = SSEParser()
+        self._done = False
+
+    async def read(self) -> list[SSEEvent] | None:
+        """The next read's events (possibly none yet); None once the stream has ended."""
+        if self._done:
+            return None
+        try:
+            chunk = await self._content.readany()
+        except aiohttp.ClientError as exc:
+            raise _body_error(exc, "stream") from None
+        if chunk:
+            return self._parser.feed(chunk)
+        self._done = True
+        return self._parser.close()

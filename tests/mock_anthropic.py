@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,8 @@ def anthropic_handler(answer: Answer):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for raw in answer.events():
+            if raw.startswith(b"event: error"):
+                await asyncio.sleep(0.05)  # a failure after the client has had content, not in the same read
             await response.write(raw)
         return response
 

@@ -94,6 +94,13 @@ STREAM_FAILURES = {
     "reset_before_content": (stream_handler([event(chunk({"role": "assistant"}))], then="reset"), "bad_response"),
     "error_event_first": (stream_handler([event({"error": {"message": "overloaded", "code": 503}})]), "server_error"),
     "empty_stream": (stream_handler([b"data: [DONE]\n\n"]), "bad_response"),
+    # content and an error in one read: nothing has reached the client yet, so another connection serves
+    "content_then_error_in_one_read": (
+        stream_handler(
+            [event(chunk({"role": "assistant", "content": "par"})) + event({"error": {"message": "x", "code": 503}})]
+        ),
+        "server_error",
+    ),
 }
 
 
@@ -128,7 +135,9 @@ async def test_plain_400_is_returned_as_is_without_fallback(start_upstream, star
 
 MID_STREAM = {
     "reset": dict(then="reset"),
-    "error_event": dict(then="end", extra=[event({"error": {"message": "overloaded", "type": "server_error"}})]),
+    "error_event": dict(
+        then="end", extra=[event({"error": {"message": "overloaded", "type": "server_error"}})], delay=0.05
+    ),
     "idle_stall": dict(then="stall"),
     "truncated": dict(then="end"),  # clean close without finish or [DONE]
 }
@@ -139,7 +148,7 @@ async def test_failure_after_commit_ends_with_error_not_clean_end(start_upstream
     spec = MID_STREAM[how]
     events = [event(chunk({"role": "assistant", "content": ""})), event(chunk({"content": "partial"}))]
     events += spec.get("extra", [])
-    primary = await start_upstream(stream_handler(events, then=spec["then"]))
+    primary = await start_upstream(stream_handler(events, then=spec["then"], delay=spec.get("delay", 0.0)))
     secondary = await start_upstream(stream_handler(text_stream(["never"])))
     gw = await start_gateway(
         gateway_config(connection("primary", primary, timeout=FAST), connection("secondary", secondary, priority=200))

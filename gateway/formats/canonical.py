@@ -232,10 +232,16 @@ def request_chars(request: Request) -> int:
     return chars
 
 
-def estimate_usage(request: Request, text: str, reasoning: str, tool_calls: list[ToolCall]) -> Usage:
-    """Documented heuristic (README): about four characters per token, marked as estimated."""
-    reasoning_tokens = estimate_tokens(len(reasoning))
-    output = estimate_tokens(len(text) + sum(len(c.name) + len(c.arguments) for c in tool_calls)) + reasoning_tokens
+def answer_chars(response: Response) -> int:
+    """What an answer's output tokens are estimated from: text and tool calls (reasoning apart)."""
+    return len(response.text) + sum(len(c.name) + len(c.arguments) for c in response.tool_calls)
+
+
+def estimate_usage(request: Request, answer: int, reasoning: int) -> Usage:
+    """Documented heuristic (README): about four characters per token, marked as estimated.
+    `answer` and `reasoning` are character counts."""
+    reasoning_tokens = estimate_tokens(reasoning)
+    output = estimate_tokens(answer) + reasoning_tokens
     return Usage(
         input_tokens=estimate_tokens(request_chars(request)),
         output_tokens=output,

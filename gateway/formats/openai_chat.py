@@ -95,14 +95,26 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 # --- same format: the byte fast path ----------------------------------------------------------------
 
 
+def _ordinary(data: bytes) -> bool:
+    """A mid-stream content chunk in the compact form most servers send: no finish, no usage, no
+    error, so nothing in it for the gateway to read. Anything else (or any other spacing) is parsed."""
+    return (
+        b'"finish_reason":null' in data
+        and b'"finish_reason":"' not in data
+        and b'"error"' not in data
+        and (b'"usage":null' in data or b'"usage"' not in data)
+    )
+
+
 class ChatStream:
     """One attempt's stream, passed through event by event."""
 
-    __slots__ = ("done", "finished", "usage", "wants_usage")
+    __slots__ = ("committed", "done", "finished", "usage", "wants_usage")
 
     def __init__(self, wants_usage: bool) -> None:
         self.wants_usage = wants_usage
         self.usage: Usage | None = None
+        self.committed = False  # past the first content: only finish, usage and errors matter now
         self.finished = False
         self.done = False
 
@@ -115,6 +127,8 @@ class ChatStream:
             return DONE, False
         if self.done:
             return b"", False
+        if self.committed and _ordinary(data):
+            return encode_event(data), False
         chunk = _json_object(data, "stream event")
         if chunk.get("error") is not None:
             raise error_from_payload(chunk["error"])
@@ -131,10 +145,14 @@ class ChatStream:
                 raise bad("stream choice is not an object")
             if choice.get("finish_reason"):
                 self.finished = commits = True
-            delta = choice.get("delta")
-            if choice.get("text") or (isinstance(delta, dict) and any(delta.get(f) for f in CONTENT_FIELDS)):
-                commits = True
-        return encode_event(data), commits
+            elif not self.committed:
+                delta = choice.get("delta")
+                if choice.get("text") or (isinstance(delta, dict) and any(delta.get(f) for f in CONTENT_FIELDS)):
+                    commits = True
+        if commits and not self.committed:
+            self.committed = True
+            return encode_event(data), True
+        return encode_event(data), False
 
     def end(self) -> bytes:
         if self.done:
