@@ -28,6 +28,10 @@ class Decoder(Protocol):
 class UpstreamFormat(Protocol):
     wire_format: WireFormat
 
+    def accepts(self, connection: Connection, request: c.Request) -> bool:
+        """Whether this format is how `request` should reach `connection`."""
+        ...
+
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall: ...
 
     def parse(self, body: bytes, connection: Connection) -> c.Response: ...
@@ -110,7 +114,7 @@ class Bridge:
         self.client = client
         self._parse = parse
         self._request: c.Request | None = None
-        self.upstreams = {u.wire_format: u for u in upstreams}
+        self.upstreams = upstreams  # in preference order: the first that accepts a connection is used
         self.stream = stream
         self.same_model_only = False
 
@@ -121,15 +125,19 @@ class Bridge:
         return self._request
 
     def serves(self, connection: Connection) -> bool:
-        return connection.wire_format in self.upstreams
+        return any(u.wire_format is connection.wire_format for u in self.upstreams)
+
+    def _upstream(self, connection: Connection) -> UpstreamFormat:
+        request = self.request
+        return next(u for u in self.upstreams if u.accepts(connection, request))
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
         if self.request.unsupported:
             raise UpstreamError(ErrorKind.PROTOCOL, Reason.UNSUPPORTED, "; ".join(self.request.unsupported))
-        return self.upstreams[candidate.connection.wire_format].call(self.request, candidate)
+        return self._upstream(candidate.connection).call(self.request, candidate)
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
-        upstream = self.upstreams[candidate.connection.wire_format]
+        upstream = self._upstream(candidate.connection)
         if event_stream:  # the upstream streamed although asked for JSON: fold it into one answer
             decoder = upstream.decoder(candidate.connection)
             answer = c.Accumulator()
@@ -148,7 +156,7 @@ class Bridge:
         return c.features(self.request)
 
     def stream_relay(self, candidate: Candidate) -> StreamRelay:
-        upstream = self.upstreams[candidate.connection.wire_format]
+        upstream = self._upstream(candidate.connection)
         return BridgeStream(upstream.decoder(candidate.connection), self.client.encoder(), self.request)
 
 

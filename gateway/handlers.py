@@ -18,7 +18,7 @@ from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessage
 from .formats.canonical import Request, estimate_tokens, request_chars
 from .formats.gemini import GeminiClient, GeminiUpstream, NativeGenerate, parse_generate_request
 from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
-from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient
+from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient, ResponsesUpstream
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
 from .router import Relay, plan
@@ -91,8 +91,8 @@ def _upstreams(
     """The formats a translated request can be sent in; a client's own format is left out, since
     same-format connections take the byte fast path."""
     upstreams: list[UpstreamFormat] = []
-    if chat:
-        upstreams.append(ChatUpstream())
+    if chat:  # native Responses connections first through their own API, then Chat Completions
+        upstreams += [ResponsesUpstream(), ChatUpstream()]
     if anthropic:
         upstreams.append(AnthropicUpstream(gateway.config.anthropic_sampling_rules))
     if gemini:

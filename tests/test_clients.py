@@ -338,3 +338,57 @@ async def test_genai_models_list(start_upstream, start_gateway):
                                             connection("b", "http://127.0.0.1:9/v1", model="gemini-z")))  # fmt: skip
     names = [m.name async for m in await google(gw).aio.models.list()]
     assert names == ["models/gpt-x", "models/gemini-z"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_client_reaches_a_native_responses_connection_through_its_api(
+    start_upstream, start_gateway, stream
+):
+    """A native Responses connection is asked through /responses (reasoning kept), and through
+    Chat Completions when the request needs what Responses lacks (stop sequences)."""
+    from .responses_checks import parse_sse
+    from .test_responses import SCENARIOS, chat_upstream
+
+    produced = await start_upstream(chat_upstream(SCENARIOS["reasoning_then_text"]))
+    helper = await start_gateway(gateway_config(connection("chat", produced)))
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{helper.url}/v1/responses", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        json={"model": "m", "input": "Hi", "stream": True},
+    ) as response:  # fmt: skip
+        events = parse_sse(await response.text())  # a real Responses event sequence to replay
+
+    async def native(request):
+        from aiohttp import web
+
+        body = await request.json()
+        if request.path.endswith("/chat/completions"):
+            return await chat_upstream(SCENARIOS["text"])(request)
+        if not body.get("stream"):
+            return web.json_response(events[-1]["response"])
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        for event in events:
+            await out.write(f"event: {event['type']}\n".encode() + b"data: " + orjson.dumps(event) + b"\n\n")
+        return out
+
+    upstream = await start_upstream(native)
+    gw = await start_gateway(gateway_config(connection("openai", upstream, responses="native")))
+    client = claude(gw)
+    try:
+        kwargs = {"model": "gpt-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}
+        if stream:
+            async with client.messages.stream(**kwargs) as s:
+                message = await s.get_final_message()
+        else:
+            message = await client.messages.create(**kwargs)
+        assert [b.type for b in message.content] == ["thinking", "text"]
+        assert message.content[0].thinking == "The user greets." and message.content[1].text == "Hi!"
+        sent = upstream.requests[0]
+        assert sent.path == "/responses" and sent.json["store"] is False and sent.json["max_output_tokens"] == 64
+        assert sent.json["input"] == [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}
+        ]
+        await client.messages.create(**kwargs, stop_sequences=["END"])
+        assert upstream.requests[-1].path == "/chat/completions" and upstream.requests[-1].json["stop"] == ["END"]
+    finally:
+        await client.close()

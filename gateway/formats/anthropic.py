@@ -348,6 +348,9 @@ class AnthropicUpstream:
     def __init__(self, rules: list[SamplingRule]) -> None:
         self.rules = rules
 
+    def accepts(self, connection: Connection, request: c.Request) -> bool:
+        return connection.wire_format is self.wire_format
+
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
         connection = candidate.connection
         version = connection.anthropic_version

@@ -291,6 +291,9 @@ class GeminiUpstream:
 
     wire_format = WireFormat.GEMINI
 
+    def accepts(self, connection: Connection, request: c.Request) -> bool:
+        return connection.wire_format is self.wire_format
+
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
         method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
         body = orjson.dumps(build_request(request))

@@ -552,6 +552,9 @@ class ChatUpstream:
 
     wire_format = WireFormat.OPENAI
 
+    def accepts(self, connection: Connection, request: c.Request) -> bool:
+        return connection.wire_format is self.wire_format
+
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
         body = build_request(request, candidate.model, candidate.connection)
         return UpstreamCall("/chat/completions", orjson.dumps(body), {"Content-Type": "application/json"})

@@ -725,3 +725,159 @@ class NativeResponses:
 
     def stream_relay(self, candidate: Candidate) -> ResponsesPassthrough:
         return ResponsesPassthrough(self.context)
+
+
+# --- the Responses API as the upstream format of a translated request --------------------------
+
+
+def _input_part(part: c.Part) -> dict[str, Any]:
+    if isinstance(part, c.Text):
+        return {"type": "input_text", "text": part.text}
+    if isinstance(part, c.Image):
+        return {"type": "input_image", "image_url": part.url} | ({"detail": part.detail} if part.detail else {})
+    return {"type": "input_file"} | {
+        k: v for k, v in (("file_data", part.data), ("file_id", part.file_id), ("filename", part.filename)) if v
+    }
+
+
+def build_request(request: c.Request, model: str) -> dict[str, Any]:
+    """The canonical request as a Responses body (the inverse of `parse_request`)."""
+    messages = request.messages
+    body: dict[str, Any] = {"model": model}
+    if messages and messages[0].role == "system":
+        body["instructions"] = messages[0].text()
+        messages = messages[1:]
+    items: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "tool":
+            items.append({"type": "function_call_output", "call_id": message.tool_call_id, "output": message.text()})
+        elif message.role == "assistant":
+            if message.text():
+                content = [{"type": "output_text", "text": message.text()}]
+                items.append({"type": "message", "role": "assistant", "content": content})
+            items += [
+                {"type": "function_call", "call_id": call.id, "name": call.name, "arguments": call.arguments}
+                for call in message.tool_calls
+            ]
+        else:
+            content = [_input_part(p) for p in message.content]
+            items.append({"type": "message", "role": message.role, "content": content})
+    body["input"] = items
+    if request.tools:
+        # Responses makes function tools strict unless told otherwise: keep the client's meaning.
+        body["tools"] = [
+            {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters,
+             "strict": bool(t.strict)}
+            for t in request.tools
+        ]  # fmt: skip
+    if request.forced_tool:
+        body["tool_choice"] = {"type": "function", "name": request.forced_tool}
+    elif request.tool_choice:
+        body["tool_choice"] = request.tool_choice
+    for key in ("parallel_tool_calls", "max_output_tokens", "temperature", "top_p", "metadata", "user"):
+        value = getattr(request, key)
+        if value is not None:
+            body[key] = value
+    fmt = request.output_format
+    if fmt is not None:
+        body["text"] = {"format": {"type": "json_object"}}
+        if fmt.type == "json_schema":
+            body["text"]["format"] = {"type": "json_schema", "name": fmt.name or "response", "schema": fmt.schema or {}}
+            if fmt.strict is not None:
+                body["text"]["format"]["strict"] = fmt.strict
+    if request.reasoning_effort:
+        body["reasoning"] = {"effort": request.reasoning_effort}
+    body["store"] = False  # the gateway keeps conversation state itself
+    if request.stream:
+        body["stream"] = True
+    return body
+
+
+def _finish_of(response: dict[str, Any], calls: bool) -> c.Finish:
+    if response.get("status") == "incomplete":
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        return "content_filter" if reason == "content_filter" else "length"
+    return "tool_calls" if calls else "stop"
+
+
+def parse_response(body: bytes) -> c.Response:
+    response = _object(body, "2xx response body")
+    if response.get("status") == "failed" or (response.get("error") and not response.get("output")):
+        raise _error_from_event(response)
+    out = c.Response(usage=usage_from(response.get("usage")), id=response.get("id"), model=response.get("model"))
+    text: list[str] = []
+    for item in response.get("output") or []:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "message":
+            text += [p.get("text", "") for p in item.get("content") or [] if p.get("type") == "output_text"]
+            refusals = [p.get("refusal", "") for p in item.get("content") or [] if p.get("type") == "refusal"]
+            out.refusal = "".join(refusals) or out.refusal
+        elif kind == "reasoning":
+            out.reasoning += _reasoning_of(item)
+        elif kind == "function_call":
+            out.tool_calls.append(
+                c.ToolCall(str(item.get("call_id")), str(item.get("name")), str(item.get("arguments", "")))
+            )
+    out.text = "".join(text)
+    out.finish = _finish_of(response, bool(out.tool_calls))
+    return out
+
+
+class ResponsesDecoder:
+    """Responses stream events -> canonical events."""
+
+    def __init__(self) -> None:
+        self.calls = False
+        self.terminal = False
+
+    def feed(self, event: SSEEvent) -> list[c.Event]:
+        if event.comment or event.data == b"[DONE]":
+            return []
+        payload = _object(event.data, "stream event")
+        kind = payload.get("type")
+        if kind in ("error", "response.failed"):
+            raise _error_from_event(payload)
+        if kind == "response.output_text.delta":
+            return [c.TextDelta(str(payload.get("delta", "")))]
+        if kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
+            return [c.ReasoningDelta(str(payload.get("delta", "")))]
+        index = payload.get("output_index", 0)
+        item = payload.get("item") if isinstance(payload.get("item"), dict) else {}
+        if kind == "response.output_item.added" and item.get("type") == "function_call":
+            self.calls = True
+            return [c.ToolCallStart(index, str(item.get("call_id")), str(item.get("name")))]
+        if kind == "response.function_call_arguments.delta":
+            return [c.ToolCallDelta(index, str(payload.get("delta", "")))]
+        if kind in TERMINAL:
+            self.terminal = True
+            response = payload.get("response") if isinstance(payload.get("response"), dict) else {}
+            events: list[c.Event] = [c.FinishEvent(_finish_of(response, self.calls))]
+            usage = usage_from(response.get("usage"))
+            return [*events, c.UsageEvent(usage)] if usage is not None else events
+        return []
+
+    def end(self) -> list[c.Event]:
+        if not self.terminal:
+            raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before its terminal event")
+        return []
+
+
+class ResponsesUpstream:
+    """The Responses API as the upstream format, for connections that serve it (`responses: native`).
+    A request with `stop` goes to Chat Completions instead: Responses has no stop sequences."""
+
+    wire_format = WireFormat.OPENAI
+
+    def accepts(self, connection: Connection, request: c.Request) -> bool:
+        return connection.wire_format is WireFormat.OPENAI and connection.responses_native and not request.stop
+
+    def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
+        body = orjson.dumps(build_request(request, candidate.model))
+        return UpstreamCall("/responses", body, {"Content-Type": "application/json"})
+
+    def parse(self, body: bytes, connection: Connection) -> c.Response:
+        return parse_response(body)
+
+    def decoder(self, connection: Connection) -> ResponsesDecoder:
+        return ResponsesDecoder()
