@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .config import Connection
-from .errors import ErrorKind, Reason, UpstreamError
+from .errors import UpstreamError
 from .formats import canonical as c
+from .formats.common import unsupported
 from .presets import WireFormat
 from .record import Usage
 from .router import Candidate, StreamRelay, UpstreamCall
@@ -133,7 +134,7 @@ class Bridge:
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
         if self.request.unsupported:
-            raise UpstreamError(ErrorKind.PROTOCOL, Reason.UNSUPPORTED, "; ".join(self.request.unsupported))
+            raise unsupported("; ".join(self.request.unsupported))
         return self._upstream(candidate.connection).call(self.request, candidate)
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:

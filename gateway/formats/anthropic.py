@@ -26,6 +26,7 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
+from .common import bad, call_arguments, count, leftover_fields, loads_object, parse_object, unsupported
 
 log = logging.getLogger("gateway.formats.anthropic")
 
@@ -52,14 +53,6 @@ def rule_for(rules: list[SamplingRule], model: str, version: str) -> SamplingRul
     return max(matches, key=lambda r: len(r.prefix or "")) if matches else SamplingRule()
 
 
-def _bad(message: str) -> UpstreamError:
-    return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, message)
-
-
-def _unsupported(message: str) -> UpstreamError:
-    return UpstreamError(ErrorKind.PROTOCOL, Reason.UNSUPPORTED, message)
-
-
 # --- requests ----------------------------------------------------------------------------------
 
 
@@ -83,17 +76,7 @@ def _block(part: c.Part) -> dict[str, Any]:
         if part.filename:
             block["title"] = part.filename
         return block
-    raise _unsupported("a file by file_id cannot be sent to Anthropic")
-
-
-def _arguments(call: c.ToolCall) -> dict[str, Any]:
-    try:
-        value = orjson.loads(call.arguments or "{}")
-    except orjson.JSONDecodeError:
-        raise _unsupported(f"tool call {call.id} has arguments that are not JSON") from None
-    if not isinstance(value, dict):
-        raise _unsupported(f"tool call {call.id} has arguments that are not a JSON object")
-    return value
+    raise unsupported("a file by file_id cannot be sent to Anthropic")
 
 
 def _turn(message: c.Message) -> tuple[str, list[dict[str, Any]]]:
@@ -105,7 +88,7 @@ def _turn(message: c.Message) -> tuple[str, list[dict[str, Any]]]:
     if message.reasoning and message.reasoning_signature:
         blocks.append({"type": "thinking", "thinking": message.reasoning, "signature": message.reasoning_signature})
     blocks += [{"type": "text", "text": p.text} for p in message.content if isinstance(p, c.Text) and p.text]
-    blocks += [{"type": "tool_use", "id": t.id, "name": t.name, "input": _arguments(t)} for t in message.tool_calls]
+    blocks += [{"type": "tool_use", "id": t.id, "name": t.name, "input": call_arguments(t)} for t in message.tool_calls]
     return "assistant", blocks
 
 
@@ -200,14 +183,10 @@ def usage_from(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
 
-    def count(key: str) -> int:
-        value = usage.get(key)
-        return value if isinstance(value, int) else 0
-
-    read, write = count("cache_read_input_tokens"), count("cache_creation_input_tokens")
+    read, write = count(usage, "cache_read_input_tokens"), count(usage, "cache_creation_input_tokens")
     return Usage(
-        input_tokens=count("input_tokens") + read + write,  # Anthropic counts cached input apart
-        output_tokens=count("output_tokens"),
+        input_tokens=count(usage, "input_tokens") + read + write,  # Anthropic counts cached input apart
+        output_tokens=count(usage, "output_tokens"),
         cached_tokens=read,
         cache_write_tokens=write,
     )
@@ -225,23 +204,13 @@ def error_from(payload: dict[str, Any]) -> UpstreamError:
     return UpstreamError(ErrorKind.PROTOCOL, reason, f"{kind}: {message[:200]}")
 
 
-def _object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise _bad(f"{what} is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise _bad(f"{what} is not a JSON object")
-    return parsed
-
-
 def parse_response(body: bytes) -> c.Response:
-    message = _object(body, "2xx response body")
+    message = parse_object(body, "2xx response body")
     if message.get("type") == "error":
         raise error_from(message)
     blocks = message.get("content")
     if not isinstance(blocks, list):
-        raise _bad("message has no content")
+        raise bad("message has no content")
     response = c.Response(id=message.get("id"), model=message.get("model"), usage=usage_from(message.get("usage")))
     text: list[str] = []
     reasoning: list[str] = []
@@ -281,7 +250,7 @@ class AnthropicDecoder:
     def feed(self, event: SSEEvent) -> list[c.Event]:
         if event.comment:
             return []
-        payload = _object(event.data, "stream event")
+        payload = parse_object(event.data, "stream event")
         kind = payload.get("type") or event.event
         if kind == "error":
             raise error_from(payload)
@@ -336,7 +305,7 @@ class AnthropicDecoder:
 
     def end(self) -> list[c.Event]:
         if not self.stopped:
-            raise _bad("stream ended before message_stop")
+            raise bad("stream ended before message_stop")
         return []
 
 
@@ -496,14 +465,12 @@ def parse_messages_request(body: dict[str, Any]) -> c.Request:
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         request.output_format = c.OutputFormat("json_schema", "response", fmt.get("schema"))
     request.stream = body.get("stream") is True
-    for key in body.keys() - HANDLED:
-        if key not in DROPPABLE:
-            unsupported.append(f"{key}: cannot be translated")
+    leftover_fields(body, HANDLED, DROPPABLE, unsupported, "Anthropic Messages")
     request.unsupported = unsupported
     return request
 
 
-def _usage_object(usage: Usage | None) -> dict[str, Any]:
+def _usageparse_object(usage: Usage | None) -> dict[str, Any]:
     usage = usage or Usage()
     return {
         "input_tokens": usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens,
@@ -535,25 +502,17 @@ class AnthropicClient:
             content.append({"type": "text", "text": response.text})
         for call in response.tool_calls:
             content.append(
-                {"type": "tool_use", "id": call.id, "name": call.name, "input": _loads_object(call.arguments)}
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": loads_object(call.arguments) or {}}
             )
         message = {
             "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
             "stop_reason": FINISH_TO_STOP[response.finish], "stop_sequence": None,
-            "usage": _usage_object(response.usage),
+            "usage": _usageparse_object(response.usage),
         }  # fmt: skip
         return orjson.dumps(message)
 
     def encoder(self) -> AnthropicEncoder:
         return AnthropicEncoder(self)
-
-
-def _loads_object(arguments: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _sse(kind: str, payload: dict[str, Any]) -> bytes:
@@ -618,7 +577,7 @@ class AnthropicEncoder:
                 self.tool_block[event.index] = self.index
             elif isinstance(event, c.ToolCallDelta):
                 if self.tool_block.get(event.index) != self.index or self.open != "tool_use":
-                    raise _bad("tool call arguments interleaved with another block")
+                    raise bad("tool call arguments interleaved with another block")
                 out.append(self._delta({"type": "input_json_delta", "partial_json": event.arguments}))
             elif isinstance(event, c.FinishEvent):
                 self.finish = event.reason
@@ -629,7 +588,7 @@ class AnthropicEncoder:
         self._begin(out)
         self._close(out)
         delta = {"stop_reason": FINISH_TO_STOP[self.finish], "stop_sequence": None}
-        out.append(_sse("message_delta", {"delta": delta, "usage": _usage_object(usage)}))
+        out.append(_sse("message_delta", {"delta": delta, "usage": _usageparse_object(usage)}))
         out.append(_sse("message_stop", {}))
         return b"".join(out)
 
@@ -696,8 +655,8 @@ class NativeMessages:
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
         if event_stream:
-            raise _bad("an Anthropic upstream streamed although asked for JSON")
-        message = _object(body, "2xx response body")
+            raise bad("an Anthropic upstream streamed although asked for JSON")
+        message = parse_object(body, "2xx response body")
         if message.get("type") == "error":
             raise error_from(message)
         return body, usage_from(message.get("usage"))

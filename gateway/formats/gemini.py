@@ -15,12 +15,13 @@ from typing import Any
 import orjson
 
 from ..config import Connection
-from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
+from ..errors import ErrorKind, GatewayError, UpstreamError, classify_status
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
+from .common import bad, call_arguments, count, leftover_fields, loads_object, parse_object, unsupported
 
 SIGNATURE_SEPARATOR = "__thought__"
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
@@ -32,14 +33,6 @@ FAILED = frozenset(
     {"MALFORMED_FUNCTION_CALL", "MISSING_THOUGHT_SIGNATURE", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"}
 )
 DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+);base64,(.*)$", re.DOTALL)
-
-
-def _unsupported(message: str) -> UpstreamError:
-    return UpstreamError(ErrorKind.PROTOCOL, Reason.UNSUPPORTED, message)
-
-
-def _bad(message: str) -> UpstreamError:
-    return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, message)
 
 
 def join_signature(call_id: str, signature: str | None) -> str:
@@ -63,17 +56,7 @@ def _part(part: c.Part) -> dict[str, Any]:
         return {"inlineData": {"mimeType": match.group(1), "data": match.group(2)}}
     if isinstance(part, c.File) and part.data:
         return {"inlineData": {"mimeType": "application/pdf", "data": part.data}}
-    raise _unsupported("Gemini takes images and files inline: send a data: URL")
-
-
-def _arguments(call: c.ToolCall) -> dict[str, Any]:
-    try:
-        value = orjson.loads(call.arguments or "{}")
-    except orjson.JSONDecodeError:
-        raise _unsupported(f"tool call {call.id} has arguments that are not JSON") from None
-    if not isinstance(value, dict):
-        raise _unsupported(f"tool call {call.id} has arguments that are not a JSON object")
-    return value
+    raise unsupported("Gemini takes images and files inline: send a data: URL")
 
 
 def _result(text: str) -> dict[str, Any]:
@@ -109,7 +92,7 @@ def _contents(request: c.Request) -> tuple[list[dict[str, Any]], list[dict[str, 
             parts = [{"text": p.text} for p in message.content if isinstance(p, c.Text) and p.text]
             for call in message.tool_calls:
                 call_id, signature = split_signature(call.id)
-                function: dict[str, Any] = {"name": call.name, "args": _arguments(call)}
+                function: dict[str, Any] = {"name": call.name, "args": call_arguments(call)}
                 if not call_id.startswith("gemini-"):
                     function["id"] = call_id
                 part: dict[str, Any] = {"functionCall": function}
@@ -174,16 +157,12 @@ def usage_from(metadata: Any) -> Usage | None:
     if not isinstance(metadata, dict):
         return None
 
-    def count(key: str) -> int:
-        value = metadata.get(key)
-        return value if isinstance(value, int) else 0
-
-    thoughts = count("thoughtsTokenCount")
+    thoughts = count(metadata, "thoughtsTokenCount")
     return Usage(
-        input_tokens=count("promptTokenCount"),
-        output_tokens=count("candidatesTokenCount") + thoughts,
+        input_tokens=count(metadata, "promptTokenCount"),
+        output_tokens=count(metadata, "candidatesTokenCount") + thoughts,
         reasoning_tokens=thoughts,
-        cached_tokens=count("cachedContentTokenCount"),
+        cached_tokens=count(metadata, "cachedContentTokenCount"),
     )
 
 
@@ -196,21 +175,11 @@ def error_from(payload: dict[str, Any]) -> UpstreamError:
     )
 
 
-def _object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise _bad(f"{what} is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise _bad(f"{what} is not a JSON object")
-    return parsed
-
-
 def _finish(reason: Any, has_calls: bool) -> c.Finish | None:
     if reason is None:
         return None
     if reason in FAILED:
-        raise _bad(f"the model's answer failed: finishReason {reason}")
+        raise bad(f"the model's answer failed: finishReason {reason}")
     if reason in CONTENT_FILTER:
         return "content_filter"
     if reason == "MAX_TOKENS":
@@ -270,18 +239,18 @@ class GeminiDecoder:
         return []
 
     def feed(self, event: SSEEvent) -> list[c.Event]:
-        return [] if event.comment else self.chunk(_object(event.data, "stream event"))
+        return [] if event.comment else self.chunk(parse_object(event.data, "stream event"))
 
     def end(self) -> list[c.Event]:
         if not self.finished:
-            raise _bad("stream ended without a finishReason")
+            raise bad("stream ended without a finishReason")
         return []
 
 
 def parse_response(body: bytes) -> c.Response:
     decoder = GeminiDecoder()
     answer = c.Accumulator()
-    answer.add(decoder.chunk(_object(body, "2xx response body")))
+    answer.add(decoder.chunk(parse_object(body, "2xx response body")))
     answer.add(decoder.end())
     return answer.result()
 
@@ -466,9 +435,7 @@ def parse_generate_request(raw_body: dict[str, Any], stream: bool) -> c.Request:
     request.reasoning_effort = _effort_of(generation.get("thinkingConfig"))
     if isinstance(generation.get("candidateCount"), int) and generation["candidateCount"] > 1:
         unsupported.append("generationConfig.candidateCount: several candidates cannot be translated")
-    for key in body.keys() - HANDLED:
-        if key not in DROPPABLE:
-            unsupported.append(f"{key}: cannot be translated")
+    leftover_fields(body, HANDLED, DROPPABLE, unsupported, "Gemini")
     request.unsupported = unsupported
     return request
 
@@ -489,21 +456,13 @@ def _usage_metadata(usage: Usage | None) -> dict[str, Any]:
 
 def _call_part(call: c.ToolCall) -> dict[str, Any]:
     call_id, signature = split_signature(call.id)
-    function: dict[str, Any] = {"name": call.name, "args": _loads_object(call.arguments)}
+    function: dict[str, Any] = {"name": call.name, "args": loads_object(call.arguments) or {}}
     if not call_id.startswith("gemini-"):
         function["id"] = call_id
     part: dict[str, Any] = {"functionCall": function}
     if signature:
         part["thoughtSignature"] = signature
     return part
-
-
-def _loads_object(arguments: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 class GeminiClient:
@@ -624,9 +583,9 @@ class NativeGenerate:
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
         if event_stream:
-            raise _bad("a Gemini upstream streamed although asked for JSON")
+            raise bad("a Gemini upstream streamed although asked for JSON")
         decoder = GeminiDecoder()
-        decoder.chunk(_object(body, "2xx response body"))  # raises for errors and failed finishes
+        decoder.chunk(parse_object(body, "2xx response body"))  # raises for errors and failed finishes
         return body, decoder.usage
 
     def stream_relay(self, candidate: Candidate) -> GenerateStream:

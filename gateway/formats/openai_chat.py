@@ -17,12 +17,13 @@ from typing import Any
 import orjson
 
 from ..config import Connection
-from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
+from ..errors import ErrorKind, GatewayError, UpstreamError, classify_status
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
+from .common import bad, count, leftover_fields, parse_object
 
 log = logging.getLogger("gateway.formats.chat")
 
@@ -52,15 +53,11 @@ def usage_from(usage: Any) -> Usage | None:
     completion = usage.get("completion_tokens_details")
     prompt = usage.get("prompt_tokens_details")
     return Usage(
-        input_tokens=_int(usage.get("prompt_tokens")),
-        output_tokens=_int(usage.get("completion_tokens")),
-        reasoning_tokens=_int(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0,
-        cached_tokens=_int(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
+        input_tokens=count(usage, "prompt_tokens"),
+        output_tokens=count(usage, "completion_tokens"),
+        reasoning_tokens=count(completion, "reasoning_tokens") if isinstance(completion, dict) else 0,
+        cached_tokens=count(prompt, "cached_tokens") if isinstance(prompt, dict) else 0,
     )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def error_from_payload(error: Any) -> UpstreamError:
@@ -76,20 +73,6 @@ def error_from_payload(error: Any) -> UpstreamError:
         message, status = str(error), 500
     reason = classify_status(status, message.encode())
     return UpstreamError(ErrorKind.PROTOCOL, reason, f"error event from upstream: {message[:200]}")
-
-
-def bad(message: str) -> UpstreamError:
-    return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, message)
-
-
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise bad(f"{what} is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise bad(f"{what} is not a JSON object")
-    return parsed
 
 
 # --- same format: the byte fast path ----------------------------------------------------------------
@@ -129,7 +112,7 @@ class ChatStream:
             return b"", False
         if self.committed and _ordinary(data):
             return encode_event(data), False
-        chunk = _json_object(data, "stream event")
+        chunk = parse_object(data, "stream event")
         if chunk.get("error") is not None:
             raise error_from_payload(chunk["error"])
         usage = chunk.get("usage")
@@ -200,7 +183,7 @@ class OpenAIRelay:
         if event_stream:  # an upstream that streams although asked for JSON: answer with one JSON body
             response = aggregate(body, candidate.connection)
             return orjson.dumps(render_response(response, response.model or candidate.model)), response.usage
-        parsed = _json_object(body, "2xx response body")
+        parsed = parse_object(body, "2xx response body")
         if parsed.get("error") is not None and not parsed.get("choices") and not parsed.get("data"):
             raise error_from_payload(parsed["error"])
         return body, usage_from(parsed.get("usage"))
@@ -316,7 +299,7 @@ def _finish(value: Any) -> c.Finish:
 
 
 def parse_response(body: bytes, connection: Connection) -> c.Response:
-    parsed = _json_object(body, "2xx response body")
+    parsed = parse_object(body, "2xx response body")
     if parsed.get("error") is not None and not parsed.get("choices"):
         raise error_from_payload(parsed["error"])
     choices = parsed.get("choices")
@@ -433,7 +416,7 @@ class ChatDecoder:
         if event.data == b"[DONE]":
             self.done = True
             return []
-        chunk = _json_object(event.data, "stream event")
+        chunk = parse_object(event.data, "stream event")
         if chunk.get("error") is not None:
             raise error_from_payload(chunk["error"])
         out: list[c.Event] = []
@@ -698,11 +681,7 @@ def parse_chat_request(body: dict[str, Any]) -> c.Request:
         unsupported.append("n: several choices cannot be translated")
     if body.get("logprobs"):
         unsupported.append("logprobs: cannot be translated")
-    for key in body.keys() - HANDLED:
-        if key in DROPPABLE:
-            log.debug("dropping Chat Completions field %r when translating", key)
-        else:
-            unsupported.append(f"{key}: cannot be translated")
+    leftover_fields(body, HANDLED, DROPPABLE, unsupported, "Chat Completions")
     request.unsupported = unsupported
     return request
 

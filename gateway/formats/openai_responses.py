@@ -21,12 +21,13 @@ from typing import Any
 import orjson
 
 from ..config import Connection
-from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
+from ..errors import ErrorKind, GatewayError, UpstreamError, classify_status
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
+from .common import bad, leftover_fields, parse_object
 
 log = logging.getLogger("gateway.formats.responses")
 
@@ -236,11 +237,7 @@ def parse_request(body: dict[str, Any]) -> c.Request:
     request.stream = body.get("stream") is True
     if body.get("background"):
         unsupported.append("background: background responses need a native Responses connection")
-    for key in body.keys() - HANDLED:
-        if key in DROPPABLE:
-            log.debug("dropping Responses field %r when downgrading to Chat Completions", key)
-        else:
-            unsupported.append(f"{key}: not expressible in Chat Completions")
+    leftover_fields(body, HANDLED, DROPPABLE, unsupported, "Responses")
     request.unsupported = unsupported
     return request
 
@@ -248,7 +245,7 @@ def parse_request(body: dict[str, Any]) -> c.Request:
 # --- response: canonical -> Responses -----------------------------------------------------------
 
 
-def usage_object(usage: Usage) -> dict[str, Any]:
+def usageparse_object(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
@@ -370,7 +367,7 @@ class ResponseContext:
             "top_logprobs": body.get("top_logprobs") or 0,
             "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
             "user": body.get("user"),
-            "usage": usage_object(usage) if usage is not None else None,
+            "usage": usageparse_object(usage) if usage is not None else None,
             "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": body.get("max_tool_calls"),
             "store": self.stored,
@@ -540,7 +537,7 @@ class ResponsesEncoder:
             elif isinstance(event, c.ToolCallDelta):
                 item = self.calls.get(event.index)
                 if item is None:
-                    raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "tool call arguments before its start")
+                    raise bad("tool call arguments before its start")
                 out.append(self._delta("response.function_call_arguments.delta", item, event.arguments))
             elif isinstance(event, c.FinishEvent):
                 self._begin(out)
@@ -611,16 +608,6 @@ def _error_from_event(payload: dict[str, Any]) -> UpstreamError:
     )
 
 
-def _object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"{what} is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"{what} is not a JSON object")
-    return parsed
-
-
 class ResponsesPassthrough:
     """One attempt's native Responses stream, passed through event by event."""
 
@@ -639,7 +626,7 @@ class ResponsesPassthrough:
         if event.data == b"[DONE]":
             self.done = True
             return DONE, False
-        payload = _object(event.data, "stream event")
+        payload = parse_object(event.data, "stream event")
         kind = payload.get("type")
         if isinstance(payload.get("sequence_number"), int):
             self.last_sequence = payload["sequence_number"]
@@ -663,7 +650,7 @@ class ResponsesPassthrough:
         if self.terminal:  # live OpenAI sends no [DONE]; the open specification asks for it
             self.done = True
             return DONE
-        raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before its terminal event")
+        raise bad("stream ended before its terminal event")
 
     def error(self, error: UpstreamError, connection: str) -> bytes:
         message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
@@ -708,16 +695,16 @@ class NativeResponses:
             final = None
             for event in parser.feed(body) + parser.close():
                 if event.data != b"[DONE]" and not event.comment:
-                    payload = _object(event.data, "stream event")
+                    payload = parse_object(event.data, "stream event")
                     if payload.get("type") in ("error", "response.failed"):
                         raise _error_from_event(payload)
                     if payload.get("type") in TERMINAL:
                         final = payload.get("response")
             if not isinstance(final, dict):
-                raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before its terminal event")
+                raise bad("stream ended before its terminal event")
             self.context.finalize(final)
             return orjson.dumps(final), usage_from(final.get("usage"))
-        parsed = _object(body, "2xx response body")
+        parsed = parse_object(body, "2xx response body")
         if parsed.get("status") == "failed" or (parsed.get("error") and not parsed.get("output")):
             raise _error_from_event(parsed)
         self.context.finalize(parsed)
@@ -802,7 +789,7 @@ def _finish_of(response: dict[str, Any], calls: bool) -> c.Finish:
 
 
 def parse_response(body: bytes) -> c.Response:
-    response = _object(body, "2xx response body")
+    response = parse_object(body, "2xx response body")
     if response.get("status") == "failed" or (response.get("error") and not response.get("output")):
         raise _error_from_event(response)
     out = c.Response(usage=usage_from(response.get("usage")), id=response.get("id"), model=response.get("model"))
@@ -834,7 +821,7 @@ class ResponsesDecoder:
     def feed(self, event: SSEEvent) -> list[c.Event]:
         if event.comment or event.data == b"[DONE]":
             return []
-        payload = _object(event.data, "stream event")
+        payload = parse_object(event.data, "stream event")
         kind = payload.get("type")
         if kind in ("error", "response.failed"):
             raise _error_from_event(payload)
@@ -859,7 +846,7 @@ class ResponsesDecoder:
 
     def end(self) -> list[c.Event]:
         if not self.terminal:
-            raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before its terminal event")
+            raise bad("stream ended before its terminal event")
         return []
 
 

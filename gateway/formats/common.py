@@ -1,0 +1,75 @@
+"""Helpers every format module needs: error values, JSON objects, counts, fields left over."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from ..errors import ErrorKind, Reason, UpstreamError
+from . import canonical as c
+
+log = logging.getLogger("gateway.formats")
+
+
+def bad(message: str) -> UpstreamError:
+    """An upstream answer the gateway cannot use (the next connection may serve)."""
+    return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, message)
+
+
+def unsupported(message: str) -> UpstreamError:
+    """A request this connection's format cannot express (the connection is skipped)."""
+    return UpstreamError(ErrorKind.PROTOCOL, Reason.UNSUPPORTED, message)
+
+
+def parse_object(data: bytes, what: str) -> dict[str, Any]:
+    """An upstream's JSON object, or bad_response."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise bad(f"{what} is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise bad(f"{what} is not a JSON object")
+    return parsed
+
+
+def loads_object(text: str) -> dict[str, Any] | None:
+    """A JSON object from text, or None."""
+    try:
+        value = orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def call_arguments(call: c.ToolCall) -> dict[str, Any]:
+    """A tool call's arguments as the object formats with structured arguments need."""
+    value = loads_object(call.arguments)
+    if value is None:
+        raise unsupported(f"tool call {call.id} has arguments that are not a JSON object")
+    return value
+
+
+def count(mapping: Mapping[str, Any], key: str) -> int:
+    """An integer count from an upstream's usage object (anything else counts as 0)."""
+    value = mapping.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def leftover_fields(
+    body: Mapping[str, Any],
+    handled: Iterable[str],
+    droppable: Iterable[str],
+    unsupported_list: list[str],
+    format_name: str,
+) -> None:
+    """Fields a parser did not read: dropped with a debug log when they only tune delivery,
+    otherwise listed as unsupported (dropping them would change the meaning)."""
+    droppable = frozenset(droppable)
+    for key in body.keys() - frozenset(handled):
+        if key in droppable:
+            log.debug("dropping %s field %r when translating", format_name, key)
+        else:
+            unsupported_list.append(f"{key}: cannot be translated")
