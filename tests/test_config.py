@@ -513,14 +513,15 @@ def test_default_config_without_env_disables_everything(monkeypatch: pytest.Monk
     config = load_config(DEFAULT_CONFIG)
     assert config.server == ServerConfig(host="0.0.0.0", port=8080, max_body_bytes=33554432, deadline=60.0)
     assert config.auth.client_keys == ()
-    assert [c.name for c in config.connections] == ["openai", "groq", "openrouter", "anthropic", "ollama"]
-    assert [c.enabled for c in config.connections] == [False, False, False, False, False]
+    assert [c.name for c in config.connections] == ["openai", "groq", "openrouter", "anthropic", "gemini", "ollama"]
+    assert [c.enabled for c in config.connections] == [False] * 6
     reasons = {c.name: c.disabled_reason for c in config.connections}
     assert reasons == {
         "openai": "environment variable OPENAI_API_KEY is not set",
         "groq": "environment variable GROQ_API_KEY is not set",
         "openrouter": "environment variable OPENROUTER_API_KEY is not set",
         "anthropic": "environment variable ANTHROPIC_API_KEY is not set",
+        "gemini": "environment variable GEMINI_API_KEY is not set",
         "ollama": "environment variable OLLAMA_BASE_URL is not set",
     }
     assert config.routes == {}
@@ -534,7 +535,14 @@ def test_default_config_with_openai_and_ollama(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("OLLAMA_BASE_URL", "http://127.0.0.1:11434")
     config = load_config(DEFAULT_CONFIG)
     enabled = {c.name: c.enabled for c in config.connections}
-    assert enabled == {"openai": True, "groq": False, "openrouter": False, "anthropic": False, "ollama": True}
+    assert enabled == {
+        "openai": True,
+        "groq": False,
+        "openrouter": False,
+        "anthropic": False,
+        "gemini": False,
+        "ollama": True,
+    }
     assert config.connection("openai").api_key == "sk-test"
     assert config.connection("openai").base_url == "https://api.openai.com/v1"
     ollama = config.connection("ollama")
