@@ -278,8 +278,9 @@ async def test_genai_sdk_generate_and_stream(start_upstream, start_gateway, kind
     assert "".join(p or "" for p in pieces) == "Hello there!"
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
-async def test_genai_sdk_tool_round_trip(start_upstream, start_gateway, kind):
+async def test_genai_sdk_tool_round_trip(start_upstream, start_gateway, kind, stream):
     extra, handler = upstream_kinds(call=True)[kind]
     upstream = await start_upstream(handler)
     gw = await start_gateway(gateway_config(connection("up", upstream, **extra)))
@@ -287,7 +288,12 @@ async def test_genai_sdk_tool_round_trip(start_upstream, start_gateway, kind):
     tool = genai_types.Tool(function_declarations=[genai_types.FunctionDeclaration(
         name="get_weather", description="Weather", parameters_json_schema={"type": "object"})])  # fmt: skip
     config = genai_types.GenerateContentConfig(tools=[tool])
-    answer = await client.aio.models.generate_content(model="g", contents="Weather in Paris?", config=config)
+    if stream:
+        chunks = [c async for c in await client.aio.models.generate_content_stream(
+            model="g", contents="Weather in Paris?", config=config)]  # fmt: skip
+        answer = next(c for c in chunks if c.function_calls)
+    else:
+        answer = await client.aio.models.generate_content(model="g", contents="Weather in Paris?", config=config)
     (call,) = answer.function_calls
     assert (call.name, call.args) == ("get_weather", {"city": "Paris"})
     contents = [
