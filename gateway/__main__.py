@@ -1,4 +1,4 @@
-"""Command line: `python -m gateway serve [--config PATH] [--host H] [--port N]`."""
+"""Command line: `python -m gateway serve|keys ...`. Thin: parses arguments, calls in."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import logging
 import os
 import sys
 
-import uvloop
-
-from .config import ConfigError, load_config
-from .logs import setup_logging
+from .config import ConfigError, load_config, store_location
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config/gateway.yaml")
 
@@ -19,13 +16,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gateway", description="An AI gateway: one endpoint, every provider."
     )
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
+    serve = commands.add_parser("serve", parents=[config], help="run the gateway")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.add_argument("--log-level", help="overrides logging.level (debug, info, warning, error)")
+    keys = commands.add_parser("keys", help="the encrypted key store (provider keys out of the config file)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    helps = {
+        "set": "store a secret (read from stdin, or a hidden prompt; never from the command line)",
+        "list": "entry names, dates and fingerprints (never the secrets)",
+        "delete": "remove an entry",
+        "rotate-master": "re-encrypt every entry under a new master secret (from stdin, or generated)",
+    }
+    for action, text in helps.items():
+        sub = actions.add_parser(action, parents=[config], help=text)
+        if action in ("set", "delete"):
+            sub.add_argument("name", help="lowercase letters, digits, - and _, e.g. groq_groq-main")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        from .keys_cli import run
+
+        try:
+            data_dir, key_file = store_location(args.config)
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        return run(args.action, getattr(args, "name", None), data_dir, key_file)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .app import serve as run_server
+    from .logs import setup_logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # until the config is read
     try:
@@ -34,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.logging, args.log_level)
-    from .app import serve as run_server
-
     host = args.host or config.server.host
     port = args.port or config.server.port
     try:

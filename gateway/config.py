@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from .keystore import KeyStore, KeyStoreError, load_master
 from .presets import (
     DEFAULT_SAMPLING_RULES,
     PRESETS,
@@ -55,7 +56,7 @@ class Connection:
     wire_format: WireFormat
     auth: AuthStyle
     base_url: str | None
-    api_key: str | None = field(repr=False)
+    api_keys: tuple[str, ...] = field(repr=False)  # used in turn (round robin)
     model: str | None
     models: dict[str, str]
     priority: float
@@ -70,6 +71,10 @@ class Connection:
     max_tokens_param: str = "max_tokens"  # or max_completion_tokens
     reasoning_tags: bool = False  # a leading <think>...</think> in the content is reasoning
     capabilities: Capabilities = field(default_factory=Capabilities)
+
+    @property
+    def api_key(self) -> str | None:
+        return self.api_keys[0] if self.api_keys else None
 
     def upstream_model(self, requested: str) -> str | None:
         """The model this connection sends for `requested`, or None when it does not serve it."""
@@ -120,6 +125,8 @@ class AuthConfig:
 
 @dataclass(slots=True)
 class Config:
+    data_dir: str
+    master_key_file: str
     source: str
     server: ServerConfig
     auth: AuthConfig
@@ -210,15 +217,42 @@ def _kind(value: Any) -> str:
     return "nothing" if value is None else type(value).__name__
 
 
-def resolve_reference(value: str) -> tuple[str | None, str | None]:
-    """`env:NAME` -> the variable's value; anything else is a literal. Returns (value, why missing)."""
-    if value.startswith("env:"):
-        var = value[4:]
-        resolved = os.environ.get(var)
-        if not resolved:
-            return None, f"environment variable {var} is not set"
-        return resolved, None
-    return value, None
+class References:
+    """Resolves secret references: `env:NAME`, `stored:NAME` (the encrypted key store under
+    `data_dir`, opened only when a reference needs it), anything else a literal."""
+
+    def __init__(self, data_dir: str = "data", master_key_file: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.master_key_file = Path(master_key_file) if master_key_file else self.data_dir / "master.key"
+        self._store: KeyStore | None = None
+        self._store_error: str | None = None
+
+    def resolve(self, value: str) -> tuple[str | None, str | None]:
+        """(value, None), or (None, why it cannot be had)."""
+        if value.startswith("env:"):
+            var = value[4:]
+            resolved = os.environ.get(var)
+            if not resolved:
+                return None, f"environment variable {var} is not set"
+            return resolved, None
+        if value.startswith("stored:"):
+            try:
+                return self.store().get(value[7:]), None
+            except KeyStoreError as exc:
+                return None, str(exc)
+        return value, None
+
+    def store(self) -> KeyStore:
+        if self._store_error is not None:
+            raise KeyStoreError(self._store_error)
+        if self._store is None:
+            try:
+                master = load_master(self.master_key_file, create=False)
+                self._store = KeyStore(self.data_dir / "keys.db", master)
+            except (KeyStoreError, OSError) as exc:
+                self._store_error = f"the key store cannot be opened: {exc}"
+                raise KeyStoreError(self._store_error) from None
+        return self._store
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -244,14 +278,14 @@ def _server(source: str, data: Any) -> ServerConfig:
     return server
 
 
-def _auth(source: str, data: Any) -> AuthConfig:
+def _auth(source: str, data: Any, refs: References) -> AuthConfig:
     r = _Reader(source, "auth", data)
     raw = r.get("client_keys") or []
     if not isinstance(raw, list) or not all(isinstance(k, str) and k for k in raw):
         r.fail("must be a list of strings", "write `client_keys: [env:GATEWAY_CLIENT_KEY]`", "client_keys")
     keys = []
     for ref in raw:
-        value, missing = resolve_reference(ref)
+        value, missing = refs.resolve(ref)
         if value is None:
             log.warning("auth.client_keys: %s; that key is not accepted", missing)
         else:
@@ -328,7 +362,21 @@ def _timeouts(r: _Reader) -> Timeouts:
     return out
 
 
-def _connection(source: str, index: int, data: Any, names: set[str]) -> Connection:
+def _key_references(r: _Reader) -> list[str]:
+    """`api_key: REF` or `api_keys: [REF, ...]` (several keys used in turn), not both."""
+    single, several = r.get("api_key"), r.get("api_keys")
+    if single is not None and several is not None:
+        r.fail("is given together with api_keys", "keep one of them (api_keys: [a, b] holds several)", "api_key")
+    if several is not None:
+        if not isinstance(several, list) or not several or not all(isinstance(k, str) and k for k in several):
+            r.fail(
+                "must be a non-empty list of key references", "write `api_keys: [env:KEY_1, stored:name_2]`", "api_keys"
+            )
+        return list(several)
+    return [r.string("api_key")] if single is not None else []
+
+
+def _connection(source: str, index: int, data: Any, names: set[str], refs: References) -> Connection:
     r = _Reader(source, f"connections[{index}]", data)
     name = r.string("name", required=True, fix="give it a name of letters, digits and hyphens, e.g. `name: groq-main`")
     assert name is not None
@@ -353,7 +401,7 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
         for param, _ in preset.url_params:
             if r.get(param) is not None:
                 r.fail("has no effect next to base_url", "write it into base_url, or remove base_url", param)
-        base_url, missing = resolve_reference(base_ref)
+        base_url, missing = refs.resolve(base_ref)
         if missing:
             disabled.append(missing)
         elif base_url is not None:
@@ -367,24 +415,30 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
         if base_url and params:
             base_url = base_url.format(**params)
 
-    key_ref = r.string("api_key")
-    api_key: str | None = None
-    if key_ref is None:
-        if preset.needs_key:
-            r.fail(
-                f"provider {provider} needs an API key",
-                f"add `api_key: env:{provider.upper().replace('-', '_')}_API_KEY` and set that variable",
-                "api_key",
-            )
-    else:
-        api_key, missing = resolve_reference(key_ref)
+    key_refs = _key_references(r)
+    if not key_refs and preset.needs_key:
+        r.fail(
+            f"provider {provider} needs an API key",
+            f"add `api_key: env:{provider.upper().replace('-', '_')}_API_KEY` and set that variable",
+            "api_key",
+        )
+    api_keys: list[str] = []
+    problems: list[str] = []
+    for ref in key_refs:
+        value, missing = refs.resolve(ref)
         if missing:
-            disabled.append(missing)
+            problems.append(missing)
+        elif value:
+            api_keys.append(value)
+    if key_refs and not api_keys:
+        disabled.append("; ".join(problems))
+    elif problems:
+        log.warning("connection %s: %d of its keys cannot be used: %s", name, len(problems), "; ".join(problems))
 
     headers = {}
     configured = r.string_map("headers")
     for header, ref in configured.items():
-        value, missing = resolve_reference(ref)
+        value, missing = refs.resolve(ref)
         if missing:
             disabled.append(f"header {header}: {missing}")
         else:
@@ -403,7 +457,7 @@ def _connection(source: str, index: int, data: Any, names: set[str]) -> Connecti
         wire_format=preset.wire_format,
         auth=preset.auth,
         base_url=base_url,
-        api_key=api_key,
+        api_keys=tuple(api_keys),
         model=r.string("model"),
         models=r.string_map("models"),
         priority=r.number("priority", 100, positive=False),
@@ -485,7 +539,8 @@ def _routes(source: str, data: Any, names: set[str]) -> dict[str, list[str]]:
 def parse_config(data: Any, source: str = "<config>") -> Config:
     r = _Reader(source, "", data)
     server = _server(source, r.get("server"))
-    auth = _auth(source, r.get("auth"))
+    refs = References(r.string("data_dir", "data") or "data", r.string("master_key_file"))
+    auth = _auth(source, r.get("auth"), refs)
     logging_config = _logging(source, r.get("logging"))
     store = _store(source, r.get("store"))
     sampling_rules = _sampling_rules(source, r.get("anthropic_sampling_rules"))
@@ -495,13 +550,15 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     connections: list[Connection] = []
     names: set[str] = set()
     for index, item in enumerate(raw_connections):
-        connection = _connection(source, index, item, names)
+        connection = _connection(source, index, item, names, refs)
         names.add(connection.name)
         connections.append(connection)
     connections.sort(key=lambda c: (c.priority, c.order))
     routes = _routes(source, r.get("routes"), names)
     r.finish()
     return Config(
+        data_dir=str(refs.data_dir),
+        master_key_file=str(refs.master_key_file),
         source=source,
         server=server,
         auth=auth,
@@ -513,7 +570,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     )
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -522,9 +579,19 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             f"{source}: cannot read the file ({exc.strerror}). Fix: pass an existing file with --config."
         ) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         raise ConfigError(f"{source}: not valid YAML at {where}. Fix: correct the syntax there.") from None
-    return parse_config(data, source)
+
+
+def store_location(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(data_dir, master_key_file) from a config file, without resolving any reference in it."""
+    r = _Reader(str(path), "", _read_yaml(path))
+    refs = References(r.string("data_dir", "data") or "data", r.string("master_key_file"))
+    return refs.data_dir, refs.master_key_file
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    return parse_config(_read_yaml(path), str(path))

@@ -99,6 +99,12 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
         )
         self.tokens = family(Counter, "gateway_tokens_total", "Tokens reported by upstreams.", ["connection", "kind"])
+        self.key_rotations = family(
+            Counter,
+            "gateway_key_rotations_total",
+            "A connection's key set aside and its next key tried.",
+            ["connection", "reason"],
+        )
         self.connection_up = family(
             Gauge, "gateway_connection_up", "1 when the connection is enabled and healthy.", ["connection"]
         )
@@ -114,7 +120,7 @@ class Metrics:
         waited = 0.0
         previous = None
         for attempt in record.attempts:
-            if previous is not None and previous.reason != "ok":
+            if previous is not None and previous.reason != "ok" and previous.connection != attempt.connection:
                 self.fallbacks(previous.connection, attempt.connection, previous.reason).inc()
             previous = attempt
             if attempt.skipped:
@@ -125,6 +131,8 @@ class Metrics:
                 self.upstream_ttfb(attempt.connection).observe(attempt.ttfb)
             if attempt.reason != "ok":
                 self.upstream_errors(attempt.connection, attempt.reason).inc()
+            if attempt.rotated:
+                self.key_rotations(attempt.connection, attempt.reason).inc()
         self.overhead(route).observe(max(0.0, duration - waited))
         usage = record.usage
         if usage is not None and record.connection:

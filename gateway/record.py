@@ -32,6 +32,7 @@ class Attempt:
     detail: str | None = None  # what went wrong, free of keys and URLs
     waited: float = 0.0  # of `duration`, the time spent awaiting the upstream (the rest is overhead)
     skipped: bool = False  # passed over without a request (disabled, unsupported, breaker open, busy)
+    rotated: bool = False  # the failure set this key aside and the connection was tried with its next key
 
 
 @dataclass(slots=True)

@@ -221,8 +221,48 @@ def _timeout(phase: str, seconds: float) -> UpstreamError:
 
 def _scrub(data: bytes, connection: Connection) -> bytes:
     """An upstream may echo the key it was sent; it must never reach a client or a log."""
-    key = connection.api_key
-    return data.replace(key.encode(), b"[redacted]") if key and key.encode() in data else data
+    for key in connection.api_keys:
+        if key.encode() in data:
+            data = data.replace(key.encode(), b"[redacted]")
+    return data
+
+
+# Failures that say something about the key rather than the connection: another key may serve.
+KEY_FAILURES = frozenset({Reason.RATE_LIMITED, Reason.AUTH_ERROR})
+SET_ASIDE_SECONDS = 300.0  # a key refused with 401/403
+REST_SECONDS = 5.0  # a key rate limited without a Retry-After
+
+
+class KeyPool:
+    """One connection's keys, used in turn; a refused key is set aside, a rate-limited one rests
+    for its response's Retry-After."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.next = 0
+        self.resting: dict[str, float] = {}  # key -> until (loop time)
+
+    def pick(self, now: float, avoid: set[str]) -> str | None:
+        """The next key in turn that is neither resting nor in `avoid`; else the one resting least."""
+        if not self.keys:
+            return None
+        count = len(self.keys)
+        for step in range(count):
+            key = self.keys[(self.next + step) % count]
+            if key not in avoid and self.resting.get(key, 0.0) <= now:
+                self.next = (self.next + step + 1) % count
+                return key
+        fresh = [k for k in self.keys if k not in avoid] or list(self.keys)
+        return min(fresh, key=lambda k: self.resting.get(k, 0.0))
+
+    def penalize(self, key: str, error: UpstreamError, now: float) -> None:
+        if error.reason is Reason.AUTH_ERROR:
+            self.resting[key] = now + SET_ASIDE_SECONDS
+        else:
+            self.resting[key] = now + (error.retry_after if error.retry_after is not None else REST_SECONDS)
+
+    def another(self, now: float, avoid: set[str]) -> bool:
+        return any(k not in avoid and self.resting.get(k, 0.0) <= now for k in self.keys)
 
 
 def _note_failure(attempt: Attempt, error: UpstreamError, connection: Connection) -> None:
@@ -308,6 +348,7 @@ class Router:
     def __init__(self, config: Config, transport: Transport) -> None:
         self.config = config
         self.transport = transport
+        self.pools = {c.name: KeyPool(c.api_keys) for c in config.connections}
 
     async def serve(
         self, request: web.Request, record: RequestRecord, relay: Relay, candidates: list[Candidate]
@@ -328,18 +369,29 @@ class Router:
                 record.attempts.append(Attempt(name, candidate.skip or Reason.UNSUPPORTED, skipped=True))
                 skipped.append(candidate)
                 continue
-            if loop.time() >= chain_deadline:
-                break
-            attempt = Attempt(name, Reason.OK)
-            record.attempts.append(attempt)
-            try:
-                return await self._attempt(request, record, relay, candidate, call, attempt, chain_deadline)
-            except UpstreamError as err:
-                _note_failure(attempt, err, candidate.connection)
-                if not falls_back(err):
-                    record.connection = name
-                    return _as_is(err, candidate.connection)
-                failures.append((name, err))
+            pool = self.pools[name]
+            tried: set[str] = set()
+            while loop.time() < chain_deadline:
+                key = pool.pick(loop.time(), tried)
+                attempt = Attempt(name, Reason.OK)
+                record.attempts.append(attempt)
+                try:
+                    return await self._attempt(request, record, relay, candidate, call, key, attempt, chain_deadline)
+                except UpstreamError as err:
+                    _note_failure(attempt, err, candidate.connection)
+                    if err.reason in KEY_FAILURES and key is not None:
+                        pool.penalize(key, err, loop.time())
+                        tried.add(key)
+                        if pool.another(loop.time(), tried):  # this connection's next key before the next connection
+                            attempt.rotated = True
+                            continue
+                    if not falls_back(err):
+                        record.connection = name
+                        return _as_is(err, candidate.connection)
+                    failures.append((name, err))
+                    break
+            else:
+                break  # the deadline passed
         raise verdict(record.model or "", failures, skipped)
 
     async def _open(
@@ -349,10 +401,11 @@ class Router:
         connection: Connection,
         method: str,
         call: UpstreamCall,
+        key: str | None,
         chain_deadline: float,
     ) -> aiohttp.ClientResponse:
         """Send one upstream request and wait for its headers; raises UpstreamError for a non-2xx."""
-        headers = upstream_headers(connection, request.headers, record.request_id)
+        headers = upstream_headers(connection, request.headers, record.request_id, key)
         headers.update(call.headers)
         url = join_url(connection.base_url or "", call.path)
         remaining = chain_deadline - asyncio.get_running_loop().time()
@@ -374,6 +427,7 @@ class Router:
         relay: Relay,
         candidate: Candidate,
         call: UpstreamCall,
+        key: str | None,
         attempt: Attempt,
         chain_deadline: float,
     ) -> web.StreamResponse:
@@ -391,7 +445,7 @@ class Router:
         try:
             try:
                 async with asyncio.timeout_at(commit_by) as timer:
-                    upstream = await self._open(request, record, connection, "POST", call, chain_deadline)
+                    upstream = await self._open(request, record, connection, "POST", call, key, chain_deadline)
                     attempt.status = upstream.status
                     event_stream = is_event_stream(upstream)
                     streaming = relay.stream and event_stream
@@ -517,7 +571,8 @@ class Router:
         try:
             try:
                 async with asyncio.timeout_at(min(sent + limits.first_byte, chain_deadline)):
-                    upstream = await self._open(request, record, connection, request.method, call, chain_deadline)
+                    key = self.pools[connection.name].pick(loop.time(), set())
+                    upstream = await self._open(request, record, connection, request.method, call, key, chain_deadline)
             except TimeoutError:
                 raise _timeout("headers", limits.first_byte) from None
         except UpstreamError as err:

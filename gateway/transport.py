@@ -49,14 +49,16 @@ def join_url(base_url: str, path: str, query: str = "") -> str:
     return f"{url}?{query}" if query else url
 
 
-def upstream_headers(connection: Connection, client_headers: Mapping[str, str], request_id: str) -> dict[str, str]:
+def upstream_headers(
+    connection: Connection, client_headers: Mapping[str, str], request_id: str, key: str | None
+) -> dict[str, str]:
     """Allow-listed client headers, the connection's own headers, then its credentials (which win)."""
     headers = {h: client_headers[h] for h in FORWARDED_REQUEST_HEADERS if h in client_headers}
     if connection.wire_format is WireFormat.ANTHROPIC and "anthropic-beta" in client_headers:
         headers["anthropic-beta"] = client_headers["anthropic-beta"]  # meaningful to Anthropic only
     headers["x-request-id"] = request_id
     headers.update(connection.headers)
-    headers.update(auth_headers(connection.auth, connection.api_key))
+    headers.update(auth_headers(connection.auth, key))
     return headers
 
 

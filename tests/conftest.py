@@ -119,6 +119,8 @@ def connection(name: str, upstream: Upstream | str, **extra: Any) -> dict[str, A
         "api_key": f"sk-upstream-secret-{name}",
         "timeout": {"connect": 2, "first_byte": 2, "idle": 2, "total": 10},
     }
+    if "api_keys" in extra:
+        del base["api_key"]
     base.update(extra)
     return base
 
