@@ -24,12 +24,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # The benchmark (tests/bench/README.md): the gateway against the thinnest aiohttp forwarder, on loopback.
-# Installs what it needs from Debian: wrk (the load generator) and, when it can, perf (instructions per
-# request, reported only where the machine exposes the counter). taskset comes with util-linux.
-# Pass options with BENCH_ARGS, e.g. `make bench BENCH_ARGS="--rounds 1 --only 'chat c=1'"`.
+# Installs what it needs from Debian: wrk (the load generator), valgrind (callgrind: deterministic instruction
+# counts per request and per stream event) and, when it can, perf (instructions from the CPU counter, used
+# only without valgrind, and only where the machine exposes the counter). taskset comes with util-linux.
+# Pass options with BENCH_ARGS, e.g. `make bench BENCH_ARGS="--rounds 1 --only 'chat c=1' --no-callgrind"`.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	command -v valgrind >/dev/null || (apt-get update && apt-get install -y valgrind) \
+		|| echo "bench: valgrind is not available: instructions will not be counted under callgrind"
 	command -v perf >/dev/null || apt-get install -y linux-perf || (apt-get update && apt-get install -y linux-perf) \
 		|| echo "bench: perf is not available: instructions per request will not be reported"
 	$(PY) -m tests.bench.run $(BENCH_ARGS)

@@ -1,13 +1,16 @@
 """The benchmark: the gateway against the thinnest possible aiohttp forwarder (the floor), same run.
 
-    make bench                     # installs wrk (and perf if it can), then runs this
+    make bench                     # installs wrk and valgrind (and perf if it can), then runs this
     python -m tests.bench.run [--rounds 3] [--duration 4] [--only "chat c=1,stream c=32"] [--json out.json]
+    python -m tests.bench.run --callgrind-only      # only the instruction counts (or --no-callgrind: none)
 
 Starts a mock upstream, the floor and the gateway on free loopback ports; the floor and the gateway
 on core 0, the mock and the load generators on core 1. Every round runs every workload against
 every target (direct -> mock, floor -> mock, gateway -> mock), one at a time; the table shows the
 median of the rounds. Then a fixed number of requests and streams measures each server's CPU time
-per request and per stream event. See tests/bench/README.md for how to read the output.
+per request and per stream event, and (when valgrind is installed) a second floor and gateway under
+callgrind count their instructions per request and per stream event, which do not depend on load.
+See tests/bench/README.md for how to read the output.
 
 Exit status: 0 when the bench ran (whatever the verdicts), 1 when it could not measure (a server did
 not start, a target answered errors), 130 when interrupted.
@@ -149,9 +152,20 @@ def pinned(cpu: str | None, argv: list[str]) -> list[str]:
 class Server:
     """A server process on a loopback port; its output goes to a log file."""
 
-    def __init__(self, name: str, argv: list[str], port: int, cpu: str | None, log: Path, health: str | None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        cpu: str | None,
+        log: Path,
+        health: str | None,
+        env: dict[str, str] | None = None,
+    ):
         self.name, self.argv, self.port, self.cpu, self.log, self.health = name, argv, port, cpu, log, health
+        self.env = env  # None: the orchestrator's environment
         self.proc: subprocess.Popen | None = None
+        self.terminated = False
 
     @property
     def pid(self) -> int:
@@ -165,7 +179,12 @@ class Server:
         with self.log.open("wb") as out:
             # Its own session: a Ctrl-C reaches only the orchestrator, which then stops every server.
             self.proc = subprocess.Popen(
-                pinned(self.cpu, self.argv), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                pinned(self.cpu, self.argv),
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -195,12 +214,19 @@ class Server:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask it to stop (one SIGTERM) without waiting: `stop()` then waits."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.proc.terminate()
+            self.terminated = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL when it has not exited within `timeout` seconds."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
+        self.terminate()
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
@@ -400,6 +426,196 @@ class PerfCounter:
         return _perf_value(stderr, self.event)
 
 
+# --- callgrind: deterministic instruction counts ------------------------------------------------------
+
+CALLGRIND_WARMUP = (50, 5)  # requests, streams sent before the first checkpoint (start-up and warm-up: not counted)
+CALLGRIND_READY_S = 90.0  # python under valgrind starts 30-60x slower: ~10-20 s here
+CALLGRIND_DUMP_S = 60.0  # the longest a checkpoint may take
+
+
+@dataclass
+class InstrCount:
+    """Instructions one server executed for a fixed number of sequential requests and streams."""
+
+    requests: int = 0
+    request_instructions: int | None = None
+    streams: int = 0
+    events: int = 0
+    stream_instructions: int | None = None
+    wakeups: int = 0  # checkpoints that needed a TCP connect to wake the server (0 when vgdb can use ptrace)
+
+
+def callgrind_support() -> tuple[bool, str]:
+    """Whether valgrind and callgrind_control are here, and if not, why."""
+    missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
+    if missing:
+        return False, f"{' and '.join(missing)} not installed (Debian package valgrind; make bench installs it)"
+    return True, ""
+
+
+class Callgrind:
+    """A server under `valgrind --tool=callgrind`, with checkpoints: `checkpoint()` makes callgrind dump
+    the counters (which also zeroes them) through `callgrind_control --dump` and returns the instructions
+    executed since the previous checkpoint (the first: since start-up). The count does not depend on
+    the machine's load, only on the code paths taken."""
+
+    def __init__(
+        self, name: str, argv: list[str], port: int, health: str | None, workdir: Path, cpus: str | None
+    ) -> None:
+        self.out = workdir / f"{name}.callgrind"
+        self.prefix = workdir / "vgdb"  # vgdb's FIFOs, in the work directory rather than /tmp
+        valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}", "--dump-instr=no"]
+        valgrind += ["--collect-atstart=yes", f"--vgdb-prefix={self.prefix}"]
+        # A fixed hash seed: set and dict layouts, and so the code paths, are the same from run to run.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        self.server = Server(f"{name} (callgrind)", valgrind + argv, port, cpus, workdir / f"{name}.log", health, env)
+        self.wakeups = 0
+        self.checkpoints = 0
+
+    def checkpoint(self) -> int:
+        """Dump the counters and return the instructions since the previous checkpoint. callgrind_control
+        reaches the server through vgdb, which interrupts a process blocked in a system call with ptrace;
+        where ptrace is not allowed the dump waits for the server to run, so a TCP connect wakes it."""
+        self.checkpoints += 1
+        label = f"checkpoint-{self.checkpoints}"
+        before = set(self.out.parent.glob(self.out.name + ".*"))
+        argv = ["callgrind_control", f"--vgdb-prefix={self.prefix}", f"--dump={label}", str(self.server.pid)]
+        deadline = time.monotonic() + CALLGRIND_DUMP_S
+        woken = False
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            try:
+                while True:
+                    try:
+                        output, _ = proc.communicate(timeout=2)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if time.monotonic() > deadline:
+                            raise SetupError(f"{self.server.name}: callgrind_control --dump did not answer") from None
+                        self.wakeups += not woken
+                        woken = True
+                        with contextlib.suppress(OSError):
+                            socket.create_connection((HOST, self.server.port), timeout=5).close()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        dumps = sorted(set(self.out.parent.glob(self.out.name + ".*")) - before)
+        if len(dumps) != 1:
+            raise SetupError(f"{self.server.name}: callgrind_control --dump wrote {len(dumps)} files:\n{output}")
+        text = dumps[0].read_text(errors="replace")
+        match = re.search(r"^totals:\s*(\d+)", text, re.MULTILINE) or re.search(r"^summary:\s*(\d+)", text, re.M)
+        if match is None or not re.search(rf"^desc: Trigger: dump {label}$", text[:2000], re.MULTILINE):
+            raise SetupError(f"{self.server.name}: no instruction count in {dumps[0].name}")
+        dumps[0].unlink()
+        return int(match.group(1))
+
+
+class SequentialClient:
+    """One keep-alive connection, one request at a time: the same requests in the same order every run."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        self.headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-client"}
+        self.chat = json.dumps(CHAT_BODY).encode()
+        self.stream = json.dumps(STREAM_BODY).encode()
+
+    def requests(self, count: int) -> None:
+        for _ in range(count):
+            self._post(self.chat)
+
+    def streams(self, count: int) -> int:
+        """Returns the SSE events received."""
+        events = 0
+        for _ in range(count):
+            data = self._post(self.stream)
+            if not data.endswith(b"data: [DONE]\n\n"):
+                raise SetupError(f"a stream did not end with data: [DONE]: {data[-200:]!r}")
+            events += data.count(b"\n\n")
+        return events
+
+    def _post(self, body: bytes) -> bytes:
+        self.conn.request("POST", CHAT_PATH, body=body, headers=self.headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise SetupError(f"status {response.status}: {data[:300]!r}")
+        return data
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def measure_callgrind(
+    workdir: Path, mock_port: int, requests: int, streams: int, server_cpu: str | None, load_cpu: str | None
+) -> dict[str, InstrCount]:
+    """Start the floor and the gateway under callgrind, at once and on both cores (start-up is the slow
+    part), then move them to the server core, where each is measured alone, as in the rounds (the
+    counts move by a few % when a server shares the mock's core: how often a read finds the upstream's
+    answer already there changes the code paths). Then per server: a warm-up, a checkpoint, `requests`
+    requests, a checkpoint, `streams` streams, a checkpoint. The phases between checkpoints leave out
+    start-up, warm-up and shutdown. Both always stopped."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cpus = f"{server_cpu},{load_cpu}" if server_cpu is not None and load_cpu is not None else None
+    floor_port, gateway_port = free_port(), free_port()
+    config = workdir / "gateway.yaml"
+    config.write_text(gateway_config(gateway_port, mock_port))
+    upstream = f"http://{HOST}:{mock_port}"
+    runs = {
+        "floor": Callgrind(
+            "floor",
+            [PYTHON, str(BENCH_DIR / "floor.py"), "--port", str(floor_port), "--upstream", upstream],
+            floor_port,
+            None,
+            workdir,
+            cpus,
+        ),
+        "gateway": Callgrind(
+            "gateway",
+            [PYTHON, "-m", "gateway", "serve", "--config", str(config), "--host", HOST, "--port", str(gateway_port)],
+            gateway_port,
+            "/healthz",
+            workdir,
+            cpus,
+        ),
+    }
+    counts: dict[str, InstrCount] = {}
+    try:
+        for run in runs.values():
+            run.server.start()
+        for run in runs.values():
+            run.server.wait_ready(CALLGRIND_READY_S)
+            if server_cpu is not None:  # every thread (valgrind runs the client's threads as its own)
+                subprocess.run(
+                    ["taskset", "-a", "-p", "-c", server_cpu, str(run.server.pid)], check=True, capture_output=True
+                )
+        for target, run in runs.items():
+            client = SequentialClient(run.server.port)
+            try:
+                client.requests(CALLGRIND_WARMUP[0])
+                client.streams(CALLGRIND_WARMUP[1])
+                run.checkpoint()  # start-up and warm-up: left out
+                count = InstrCount(requests=requests, streams=streams)
+                if requests:
+                    client.requests(requests)
+                    count.request_instructions = run.checkpoint()
+                if streams:
+                    count.events = client.streams(streams)
+                    count.stream_instructions = run.checkpoint()
+            except (OSError, http.client.HTTPException) as exc:
+                raise SetupError(f"{run.server.name}: {exc}\n{run.server.log_tail()}") from exc
+            finally:
+                client.close()
+            count.wakeups = run.wakeups
+            counts[target] = count
+            run.server.stop(timeout=30)  # gone before the next one is measured on the same core
+    finally:
+        for run in runs.values():
+            run.server.terminate()
+        for run in runs.values():
+            with contextlib.suppress(Exception):
+                run.server.stop(timeout=30)
+    return counts
+
+
 # --- the run -----------------------------------------------------------------------------------------
 
 
@@ -514,12 +730,22 @@ def print_table(workloads: list[Workload], table: dict[tuple[str, str], Summary]
 
 
 def print_costs(
-    costs: dict[str, CpuCost], memory: dict[str, tuple[float, float]], perf_note: str, cpu_requests: int, streams: int
+    costs: dict[str, CpuCost],
+    memory: dict[str, tuple[float, float]],
+    cpu_requests: int,
+    streams: int,
+    instr: dict[str, tuple[float | None, float | None]],
+    instr_line: str,
 ) -> None:
-    print(
-        f"\nCPU and memory per server process (CPU: utime+stime from /proc/PID/stat over a fixed count, "
-        f"{cpu_requests} requests at c=64 and {streams} streams at c=32; RSS: /proc/PID/status after the runs)"
+    """The cost table. `instr`: per target, (instructions per request, per stream event), from callgrind
+    or perf; `instr_line` says which, and how they were counted."""
+    cpu = (
+        f"CPU: utime+stime from /proc/PID/stat over a fixed count, {cpu_requests} requests at c=64 and {streams} "
+        "streams at c=32"
+        if costs
+        else "CPU: not measured"
     )
+    print(f"\nCPU and memory per server process ({cpu}; RSS: /proc/PID/status after the runs)")
     header = (
         f"{'process':<16} {'us/request':>10} {'us/stream':>10} {'us/event':>9} {'instr/request':>14} "
         f"{'instr/event':>12} {'RSS MB':>7} {'peak MB':>8}"
@@ -527,13 +753,13 @@ def print_costs(
     print(header)
     print("-" * len(header))
     names = {"direct": "mock (upstream)", "floor": "floor", "gateway": "gateway"}
-    for target, cost in costs.items():
-        rss, peak = memory.get(target, (0.0, 0.0))
+    for target in (t for t in TARGETS if t in costs or t in instr):
+        cost = costs.get(target, CpuCost())
+        rss, peak = memory.get(target, (None, None))
         per_request = per(cost.request_cpu_s * 1e6, cost.requests)
         per_stream = per(cost.stream_cpu_s * 1e6, cost.streams)
         per_event = per(cost.stream_cpu_s * 1e6, cost.events)
-        instr_request = per(cost.request_instructions, cost.requests)
-        instr_event = per(cost.stream_instructions, cost.events)
+        instr_request, instr_event = instr.get(target, (None, None))
         print(
             f"{names[target]:<16} {fmt(per_request, '.0f'):>10} {fmt(per_stream, '.0f'):>10} "
             f"{fmt(per_event, '.1f'):>9} {fmt(instr_request, ',.0f'):>14} {fmt(instr_event, ',.0f'):>12} "
@@ -544,8 +770,58 @@ def print_costs(
         request_ratio = (gateway.request_cpu_s / gateway.requests) / (floor.request_cpu_s / floor.requests)
         event_ratio = (gateway.stream_cpu_s / max(gateway.events, 1)) / (floor.stream_cpu_s / max(floor.events, 1))
         print(f"gateway / floor: CPU per request {request_ratio:.2f}x, CPU per stream event {event_ratio:.2f}x")
-    if perf_note:
-        print(f"instructions: not reported: {perf_note}")
+    (floor_request, floor_event), (gateway_request, gateway_event) = (
+        instr.get(t, (None, None)) for t in ("floor", "gateway")
+    )
+    ratios = [
+        f"{label} {gw / fl:.2f}x"
+        for label, gw, fl in (
+            ("instructions per request", gateway_request, floor_request),
+            ("per stream event", gateway_event, floor_event),
+        )
+        if gw is not None and fl
+    ]
+    if ratios:
+        print("gateway / floor: " + ", ".join(ratios))
+    print(f"instructions: {instr_line}")
+
+
+def instructions(
+    costs: dict[str, CpuCost],
+    perf_ok: bool,
+    perf_note: str,
+    counts: dict[str, InstrCount],
+    callgrind_note: str,
+    callgrind_s: float,
+) -> tuple[dict[str, tuple[float | None, float | None]], str]:
+    """The instruction columns and the line that says where they come from: callgrind when it counted,
+    else perf stat when the machine exposes the counter, else nothing (and why)."""
+    if counts:
+        instr = {
+            t: (per(c.request_instructions, c.requests), per(c.stream_instructions, c.events))
+            for t, c in counts.items()
+        }
+        any_count = next(iter(counts.values()))
+        events = any_count.events / any_count.streams if any_count.streams else EVENTS_PER_STREAM
+        line = (
+            f"callgrind (deterministic): the floor and the gateway each started again under valgrind, warmed up "
+            f"({CALLGRIND_WARMUP[0]} requests, {CALLGRIND_WARMUP[1]} streams), then {any_count.requests} requests "
+            f"and {any_count.streams} streams ({events:g} events each), one at a time, counted between "
+            f"`callgrind_control --dump` checkpoints ({callgrind_s:.0f} s)"
+        )
+        wakeups = sum(c.wakeups for c in counts.values())
+        if wakeups:
+            line += f"; {wakeups} checkpoints needed a wake-up connect (vgdb could not use ptrace): a little noise"
+        if perf_ok:
+            line += "; perf stat's counts are in --json"
+        return instr, line
+    skipped = f"; callgrind: {callgrind_note}" if callgrind_note else ""
+    if perf_ok and costs:
+        instr = {
+            t: (per(c.request_instructions, c.requests), per(c.stream_instructions, c.events)) for t, c in costs.items()
+        }
+        return instr, f"perf stat -e instructions -p PID over the CPU measurement (depends on load){skipped}"
+    return {}, f"not reported: {perf_note or 'the CPU measurement was skipped'}{skipped}"
 
 
 def load_bound(s: Summary | None) -> bool:
@@ -623,6 +899,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-requests", type=int, default=20000, help="requests for the CPU measurement (0: skip)")
     parser.add_argument("--cpu-streams", type=int, default=2000, help="streams for the CPU measurement (0: skip)")
     parser.add_argument("--perf-event", default="instructions", help="the perf counter reported per request")
+    parser.add_argument(
+        "--no-callgrind", action="store_true", help="skip the instruction counts under callgrind (default: on)"
+    )
+    parser.add_argument(
+        "--callgrind-only", action="store_true", help="only the instruction counts under callgrind (no wrk, no rounds)"
+    )
+    parser.add_argument("--callgrind-requests", type=int, default=200, help="requests counted under callgrind")
+    parser.add_argument("--callgrind-streams", type=int, default=100, help="streams counted under callgrind")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (config, server logs)")
@@ -635,7 +919,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown workload(s) {unknown}; known: {[w.name for w in WORKLOADS]}")
         workloads = [w for w in WORKLOADS if w.name in wanted]
-    if shutil.which("wrk") is None:
+    if args.callgrind_only and args.no_callgrind:
+        parser.error("--callgrind-only and --no-callgrind exclude each other")
+    if args.callgrind_only and not callgrind_support()[0]:
+        print(f"bench: {callgrind_support()[1]}", file=sys.stderr)
+        return 1
+    if shutil.which("wrk") is None and not args.callgrind_only:
         print("bench: wrk is not installed (make bench installs it: apt-get install wrk)", file=sys.stderr)
         return 1
 
@@ -655,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     servers: dict[str, Server] = {}
     try:
+        if args.callgrind_only:
+            return _callgrind_only(args, workdir, servers, server_cpu, load_cpu)
         return _bench(args, workloads, workdir, servers, server_cpu, load_cpu, started)
     except SetupError as exc:
         print(f"\nbench: cannot measure: {exc}", file=sys.stderr)
@@ -765,6 +1056,8 @@ def _bench(
                 cap=60,
             )
 
+    counts, callgrind_note, callgrind_s = run_callgrind(args, workdir, mock_port, server_cpu, load_cpu)
+
     try:
         metrics_status, metrics_body = http_get(gateway_port, "/metrics")
     except OSError as exc:
@@ -773,10 +1066,12 @@ def _bench(
 
     table = summarise(workloads, runs)
     print_table(workloads, table, args.rounds, args.duration)
-    if costs:
-        print_costs(costs, memory, "" if perf_ok else perf_note, args.cpu_requests, args.cpu_streams)
+    instr, instr_line = instructions(costs, perf_ok, perf_note, counts, callgrind_note, callgrind_s)
+    if costs or instr:
+        print_costs(costs, memory, args.cpu_requests, args.cpu_streams, instr, instr_line)
     else:
         print("\nRSS MB: " + ", ".join(f"{t} {memory[t][0]:.1f}" for t in TARGETS))
+        print(f"instructions: {instr_line}")
     samples = sum(1 for line in metrics_body.splitlines() if line and not line.startswith(b"#"))
     metrics_note = f"on ({samples} samples at /metrics)" if metrics_status == 200 else f"/metrics: {metrics_status}"
     print(f"gateway: logging {log_lines} lines to its log, metrics {metrics_note}")
@@ -806,11 +1101,70 @@ def _bench(
                     "runs": {f"{w} | {t}": [r.__dict__ for r in rs] for (w, t), rs in runs.items()},
                     "summary": {f"{w} | {t}": s.__dict__ for (w, t), s in table.items()},
                     "cpu": {t: c.__dict__ for t, c in costs.items()},
+                    "instructions_callgrind": {t: c.__dict__ for t, c in counts.items()},
                     "memory_mb": {t: {"rss": m[0], "peak": m[1]} for t, m in memory.items()},
                     "verdicts": [{"target": label, "detail": d, "pass": ok} for label, d, ok in results],
                 },
                 indent=2,
             )
+        )
+    return 0
+
+
+def run_callgrind(
+    args: argparse.Namespace, workdir: Path, mock_port: int, server_cpu: str | None, load_cpu: str | None
+) -> tuple[dict[str, InstrCount], str, float]:
+    """The instruction counts, unless skipped or impossible: (counts, why there are none, seconds taken).
+    A failure here does not stop the bench: the table then says why the counts are missing."""
+    if args.no_callgrind:
+        return {}, "skipped (--no-callgrind)", 0.0
+    ok, note = callgrind_support()
+    if not ok:
+        return {}, note, 0.0
+    print(
+        f"counting instructions under callgrind ({args.callgrind_requests} requests, {args.callgrind_streams} "
+        "streams per server, one at a time) ...",
+        flush=True,
+    )
+    began = time.monotonic()
+    try:
+        counts = measure_callgrind(
+            workdir / "callgrind", mock_port, args.callgrind_requests, args.callgrind_streams, server_cpu, load_cpu
+        )
+    except (SetupError, OSError, subprocess.SubprocessError) as exc:
+        if args.callgrind_only:
+            raise SetupError(f"callgrind: {exc}") from exc
+        print(f"bench: warning: callgrind failed: {exc}", file=sys.stderr)
+        return {}, f"failed ({str(exc).splitlines()[0].rstrip(':')})", time.monotonic() - began
+    for target, count in counts.items():
+        if count.streams and count.events != count.streams * EVENTS_PER_STREAM:
+            print(f"bench: warning: {target} under callgrind: {count.events / count.streams:.1f} events per stream")
+    return counts, "", time.monotonic() - began
+
+
+def _callgrind_only(
+    args: argparse.Namespace, workdir: Path, servers: dict[str, Server], server_cpu: str | None, load_cpu: str | None
+) -> int:
+    """`--callgrind-only`: the mock upstream and the instruction counts, nothing else."""
+    started = time.monotonic()
+    mock_port = free_port()
+    servers["mock"] = Server(
+        "mock upstream",
+        [PYTHON, str(BENCH_DIR / "mock_upstream.py"), "--port", str(mock_port), "--chunks", str(STREAM_CHUNKS)],
+        mock_port,
+        load_cpu,
+        workdir / "mock.log",
+        None,
+    )
+    servers["mock"].start()
+    servers["mock"].wait_ready()
+    counts, _, callgrind_s = run_callgrind(args, workdir, mock_port, server_cpu, load_cpu)
+    instr, instr_line = instructions({}, False, "", counts, "", callgrind_s)
+    print_costs({}, {}, 0, 0, instr, instr_line)
+    print(f"\nthe bench took {time.monotonic() - started:.0f} s")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"instructions_callgrind": {t: c.__dict__ for t, c in counts.items()}}, indent=2)
         )
     return 0
 
