@@ -47,8 +47,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         return await handler(request)
     if gateway.config.logging.bodies:
         record.response_body = bytearray()
-    inflight = gateway.metrics.inflight(route)
-    inflight.inc()
+    inflight = gateway.metrics.inflight
+    inflight.add((route,), 1)
     response: web.StreamResponse | None = None
     try:
         gateway.auth.check(request)
@@ -69,7 +69,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         log.exception("internal error serving request %s", record.request_id)
         response = handlers.error_response(record.client_api, GatewayError(500, "Internal gateway error."))
     finally:
-        inflight.dec()
+        inflight.add((route,), -1)
         record.status = response.status if response is not None else 499  # 499: the client went away
         duration = loop.time() - record.started
         gateway.metrics.observe(record, duration)

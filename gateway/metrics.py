@@ -4,20 +4,16 @@ route set or the fixed reason vocabulary: never from what a client sent, so seri
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from .config import Connection
 from .record import RequestRecord
@@ -30,110 +26,125 @@ NO_CONNECTION = "none"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-class _Family:
-    """A metric with its label children cached: `labels()` validates and locks on every call,
-    and the label space here is small and bounded by the configuration."""
+class _Counter:
+    """Counts kept in a dict on the event loop; turned into a metric family only when scraped.
+    (prometheus-client's own metrics lock on every update: nine updates a request add up.)"""
 
-    __slots__ = ("children", "metric")
+    kind = CounterMetricFamily
 
-    def __init__(self, metric: Any) -> None:
-        self.metric = metric
-        self.children: dict[tuple[str, ...], Any] = {}
+    def __init__(self, name: str, doc: str, labels: list[str]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple[str, ...], float] = {}
 
-    def __call__(self, *labels: str) -> Any:
-        child = self.children.get(labels)
-        if child is None:
-            child = self.children[labels] = self.metric.labels(*labels)
-        return child
+    def add(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def set(self, key: tuple[str, ...], value: float) -> None:
+        self.values[key] = value
+
+    def family(self) -> Any:
+        family = self.kind(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            family.add_metric(list(key), value)
+        return family
+
+
+class _Gauge(_Counter):
+    kind = GaugeMetricFamily
+
+
+class _Histogram:
+    def __init__(self, name: str, doc: str, labels: list[str], buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, buckets
+        self.series: dict[tuple[str, ...], list[Any]] = {}  # key -> [counts per bucket (+Inf last), sum]
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = [[0] * (len(self.bounds) + 1), 0.0]
+        series[0][bisect.bisect_left(self.bounds, value)] += 1  # `le` buckets: value <= bound
+        series[1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, (counts, total) in self.series.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric(list(key), buckets, total)
+        return family
 
 
 class Metrics:
     def __init__(self, connections: Iterable[Connection]) -> None:
+        self.requests = _Counter("gateway_requests", "Client requests answered.", ["route", "connection", "code_class"])
+        self.request_duration = _Histogram(
+            "gateway_request_duration_seconds", "Client request duration, received to last byte.", ["route"],
+            LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.upstream_duration = _Histogram(
+            "gateway_upstream_duration_seconds", "Upstream attempt duration, request sent to outcome.",
+            ["connection", "outcome"], LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.upstream_ttfb = _Histogram(
+            "gateway_upstream_ttfb_seconds",
+            "Upstream time to first byte: request sent to headers; for streams, to the first content event.",
+            ["connection"], LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.fallbacks = _Counter(
+            "gateway_fallbacks",
+            "Moves from one connection to the next.",
+            ["from_connection", "to_connection", "reason"],
+        )
+        self.upstream_errors = _Counter(
+            "gateway_upstream_errors", "Failed upstream attempts.", ["connection", "reason"]
+        )
+        self.inflight = _Gauge("gateway_inflight_requests", "Client requests in progress.", ["route"])
+        self.overhead = _Histogram(
+            "gateway_overhead_seconds", "Time a request spent in the gateway, not waiting on an upstream.", ["route"],
+            OVERHEAD_BUCKETS,
+        )  # fmt: skip
+        self.tokens = _Counter("gateway_tokens", "Tokens reported by upstreams.", ["connection", "kind"])
+        self.key_rotations = _Counter(
+            "gateway_key_rotations", "A connection's key set aside and its next key tried.", ["connection", "reason"]
+        )
+        self.connection_up = _Gauge(
+            "gateway_connection_up", "1 when the connection is enabled and healthy.", ["connection"]
+        )
+        for connection in connections:
+            self.connection_up.set((connection.name,), 1 if connection.enabled else 0)
+        families = [v for v in vars(self).values() if isinstance(v, _Counter | _Histogram)]
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-
-        def family(kind, name: str, doc: str, labels: list[str], **kwargs: Any) -> _Family:
-            return _Family(kind(name, doc, labels, registry=registry, **kwargs))
-
-        self.requests = family(
-            Counter, "gateway_requests_total", "Client requests answered.", ["route", "connection", "code_class"]
-        )
-        self.request_duration = family(
-            Histogram,
-            "gateway_request_duration_seconds",
-            "Client request duration, received to last byte.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-        )
-        self.upstream_duration = family(
-            Histogram,
-            "gateway_upstream_duration_seconds",
-            "Upstream attempt duration, request sent to outcome.",
-            ["connection", "outcome"],
-            buckets=LATENCY_BUCKETS,
-        )
-        self.upstream_ttfb = family(
-            Histogram,
-            "gateway_upstream_ttfb_seconds",
-            "Upstream time to first byte: request sent to headers; for streams, to the first content event.",
-            ["connection"],
-            buckets=LATENCY_BUCKETS,
-        )
-        self.fallbacks = family(
-            Counter,
-            "gateway_fallbacks_total",
-            "Moves from one connection to the next.",
-            ["from_connection", "to_connection", "reason"],
-        )
-        self.upstream_errors = family(
-            Counter, "gateway_upstream_errors_total", "Failed upstream attempts.", ["connection", "reason"]
-        )
-        self.inflight = family(Gauge, "gateway_inflight_requests", "Client requests in progress.", ["route"])
-        self.overhead = family(
-            Histogram,
-            "gateway_overhead_seconds",
-            "Time a request spent in the gateway, not waiting on an upstream.",
-            ["route"],
-            buckets=OVERHEAD_BUCKETS,
-        )
-        self.tokens = family(Counter, "gateway_tokens_total", "Tokens reported by upstreams.", ["connection", "kind"])
-        self.key_rotations = family(
-            Counter,
-            "gateway_key_rotations_total",
-            "A connection's key set aside and its next key tried.",
-            ["connection", "reason"],
-        )
-        self.connection_up = family(
-            Gauge, "gateway_connection_up", "1 when the connection is enabled and healthy.", ["connection"]
-        )
-        for connection in connections:
-            self.connection_up(connection.name).set(1 if connection.enabled else 0)
+        registry.register(_Collector(families))
 
     def observe(self, record: RequestRecord, duration: float) -> None:
         """Everything one finished request says: called once per request, from the record."""
-        route = record.route
+        route = (record.route,)
         status = record.status or 0
-        self.requests(route, record.connection or NO_CONNECTION, f"{status // 100}xx").inc()
-        self.request_duration(route).observe(duration)
+        self.requests.add((record.route, record.connection or NO_CONNECTION, f"{status // 100}xx"))
+        self.request_duration.observe(route, duration)
         waited = 0.0
         previous = None
         for attempt in record.attempts:
-            if previous is not None and previous.reason != "ok" and previous.connection != attempt.connection:
-                self.fallbacks(previous.connection, attempt.connection, previous.reason).inc()
+            name = attempt.connection
+            if previous is not None and previous.reason != "ok" and previous.connection != name:
+                self.fallbacks.add((previous.connection, name, previous.reason))
             previous = attempt
             if attempt.skipped:
                 continue
             waited += attempt.waited
-            self.upstream_duration(attempt.connection, attempt.reason).observe(attempt.duration)
+            self.upstream_duration.observe((name, attempt.reason), attempt.duration)
             if attempt.ttfb is not None:
-                self.upstream_ttfb(attempt.connection).observe(attempt.ttfb)
+                self.upstream_ttfb.observe((name,), attempt.ttfb)
             if attempt.reason != "ok":
-                self.upstream_errors(attempt.connection, attempt.reason).inc()
+                self.upstream_errors.add((name, attempt.reason))
             if attempt.rotated:
-                self.key_rotations(attempt.connection, attempt.reason).inc()
-        self.overhead(route).observe(max(0.0, duration - waited))
+                self.key_rotations.add((name, attempt.reason))
+        self.overhead.observe(route, max(0.0, duration - waited))
         usage = record.usage
         if usage is not None and record.connection:
             for kind, count in (
@@ -142,7 +153,18 @@ class Metrics:
                 ("reasoning", usage.reasoning_tokens),
             ):
                 if count:
-                    self.tokens(record.connection, kind).inc(count)
+                    self.tokens.add((record.connection, kind), count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Collector:
+    """Hands the gateway's metric families to the registry at scrape time."""
+
+    def __init__(self, families: list[_Counter | _Histogram]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.families:
+            yield family.family()

@@ -18,7 +18,7 @@ class SSEEvent:
 
 
 class SSEParser:
-    """Feed bytes, get complete events. Keeps only the unfinished tail between calls."""
+    """Feed bytes, get complete events. Keeps only the unfinished part between calls."""
 
     __slots__ = ("_data", "_event", "_started", "_tail")
 
@@ -45,9 +45,22 @@ class SSEParser:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             if hold:
                 buf += b"\r"
+        events: list[SSEEvent] = []
+        if not self._data and self._event is None:
+            # Fast path, for the shape nearly every server sends: whole events of one `data:` line.
+            # Anything else in a block goes through the line-by-line rules below.
+            blocks = buf.split(b"\n\n")
+            self._tail = blocks.pop()  # an unfinished event: read again with the next chunk
+            for block in blocks:
+                if block.startswith(b"data: ") and b"\n" not in block:
+                    events.append(SSEEvent(block[6:]))
+                elif block:
+                    for line in block.split(b"\n"):
+                        self._line(line, events)
+                    self._line(b"", events)
+            return events
         lines = buf.split(b"\n")
         self._tail = lines.pop()
-        events: list[SSEEvent] = []
         for line in lines:
             self._line(line, events)
         return events
@@ -55,9 +68,10 @@ class SSEParser:
     def close(self) -> list[SSEEvent]:
         """End of stream: an event without its final blank line is still delivered (lenient)."""
         events: list[SSEEvent] = []
-        if self._tail:
-            self._line(self._tail.rstrip(b"\r"), events)
-            self._tail = b""
+        tail, self._tail = self._tail, b""
+        if tail:  # the fast path may leave whole lines of an unfinished event here
+            for line in tail.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+                self._line(line, events)
         self._line(b"", events)
         return events
 

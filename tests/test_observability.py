@@ -247,3 +247,15 @@ async def test_sigterm_drains_open_streams_then_exits_zero(start_upstream, tmp_p
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_histogram_buckets_are_inclusive_and_cumulative():
+    from gateway.metrics import LATENCY_BUCKETS, _Histogram
+
+    histogram = _Histogram("h_seconds", "doc", ["route"], LATENCY_BUCKETS)
+    for value in (0.5, 0.5000001, 0.001, 1000.0):
+        histogram.observe(("chat",), value)
+    (sample_set,) = [histogram.family()]
+    buckets = {s.labels["le"]: s.value for s in sample_set.samples if s.name.endswith("_bucket")}
+    assert buckets["0.01"] == 1 and buckets["0.5"] == 2 and buckets["1.0"] == 3 and buckets["+Inf"] == 4
+    assert [s.value for s in sample_set.samples if s.name.endswith("_count")] == [4]

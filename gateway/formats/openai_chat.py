@@ -78,17 +78,6 @@ def error_from_payload(error: Any) -> UpstreamError:
 # --- same format: the byte fast path ----------------------------------------------------------------
 
 
-def _ordinary(data: bytes) -> bool:
-    """A mid-stream content chunk in the compact form most servers send: no finish, no usage, no
-    error, so nothing in it for the gateway to read. Anything else (or any other spacing) is parsed."""
-    return (
-        b'"finish_reason":null' in data
-        and b'"finish_reason":"' not in data
-        and b'"error"' not in data
-        and (b'"usage":null' in data or b'"usage"' not in data)
-    )
-
-
 class ChatStream:
     """One attempt's stream, passed through event by event."""
 
@@ -110,8 +99,6 @@ class ChatStream:
             return DONE, False
         if self.done:
             return b"", False
-        if self.committed and _ordinary(data):
-            return encode_event(data), False
         chunk = parse_object(data, "stream event")
         if chunk.get("error") is not None:
             raise error_from_payload(chunk["error"])
