@@ -12,6 +12,7 @@ from aiohttp import web
 
 from . import conversations
 from .bridge import Bridge, PerConnection, UpstreamFormat
+from .config import GLOB_CHARS
 from .errors import ClientApi, GatewayError, render_error
 from .formats import openai_responses as responses_format
 from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
@@ -123,10 +124,7 @@ def _openai_handler(
                 return Bridge(client, lambda: parse_chat_request(body), upstreams, stream=same_format.stream)
 
             relay = PerConnection(same_format, bridge, stream=same_format.stream)
-        record.model, record.stream = model, same_format.stream
-        if gateway.config.logging.bodies:
-            record.request_body = body
-        return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
+        return await _serve(request, record, relay, model, body)
 
     return handler
 
@@ -155,10 +153,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     relay = conversations.ResponsesRelay(
         context, NativeResponses(context, rebuilt, producer), bridge, gateway.store, previous
     )
-    record.model, record.stream = model, relay.stream
-    if gateway.config.logging.bodies:
-        record.request_body = body
-    return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
+    return await _serve(request, record, relay, model, body)
 
 
 async def _stored(request: web.Request) -> StoredResponse:
@@ -285,6 +280,7 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
 async def _serve(
     request: web.Request, record: RequestRecord, relay: Relay, model: str, body: dict[str, Any]
 ) -> web.StreamResponse:
+    """Every generation handler ends here: the record learns the request, the router serves it."""
     gateway = request.app[GATEWAY]
     record.model, record.stream = model, relay.stream
     if gateway.config.logging.bodies:
@@ -303,7 +299,7 @@ def model_ids(request: web.Request) -> list[tuple[str, str]]:
             if name and name not in seen:
                 seen[name] = connection.name
     for pattern in config.routes:
-        if not set("*?[").intersection(pattern) and pattern not in seen:
+        if not GLOB_CHARS.intersection(pattern) and pattern not in seen:
             seen[pattern] = "gateway"
     return list(seen.items())
 

@@ -527,7 +527,8 @@ class Router:
                 if out:
                     await response.write(out)
                     watchdog.progress = loop.time()  # a slow client is not an idle upstream
-                    _capture(capture, out)
+                    if capture is not None:
+                        _capture(capture, out)
                 if batch is None:
                     return
         except asyncio.CancelledError:

@@ -29,4 +29,3 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 RECORD = web.RequestKey("record", RequestRecord)
-__all__ = ["GATEWAY", "RECORD", "Gateway", "RequestRecord"]

@@ -427,3 +427,14 @@ async def test_native_error_event_before_content_falls_back(start_upstream, star
     _, headers, text = await post_raw(gw, {"model": "m", "input": "Hi", "stream": True})
     assert headers["x-gateway-attempts"] == "native:server_error,chat:ok"
     assert answer_of(check_stream(parse_sse(text)))["text"] == "Hello, world"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_native_usage_of_the_wrong_type_is_not_a_crash(start_upstream, start_gateway, stream):
+    events = await native_events(start_upstream, start_gateway)
+    odd = {"input_tokens": "many", "output_tokens": None, "output_tokens_details": [], "total_tokens": 3}
+    events[-1] = {**events[-1], "response": {**events[-1]["response"], "usage": odd}}
+    native = await start_upstream(native_upstream(events))
+    gw = await start_gateway(gateway_config(connection("native", native, responses="native")))
+    status, _, text = await post_raw(gw, {"model": "gpt-5", "input": "Hi", "stream": stream})
+    assert status == 200 and "Hello, world" in text

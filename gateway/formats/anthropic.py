@@ -604,8 +604,6 @@ def stream_error(error: UpstreamError, connection: str) -> bytes:
 
 # --- same format: the byte fast path ------------------------------------------------------------
 
-STREAM_CONTENT = frozenset({"text_delta", "thinking_delta", "input_json_delta"})
-
 
 class MessagesStream:
     """One attempt's Anthropic stream passed through; decoded only for the commit point, errors, usage."""

@@ -196,23 +196,6 @@ class Accumulator:
         return self.response
 
 
-def events_of(response: Response) -> list[Event]:
-    """A whole response as the stream that would have produced it."""
-    events: list[Event] = []
-    if response.reasoning:
-        events.append(ReasoningDelta(response.reasoning))
-    if response.reasoning_signature:
-        events.append(ReasoningSignature(response.reasoning_signature))
-    if response.text:
-        events.append(TextDelta(response.text))
-    for index, call in enumerate(response.tool_calls):
-        events += [ToolCallStart(index, call.id, call.name), ToolCallDelta(index, call.arguments)]
-    events.append(FinishEvent(response.finish))
-    if response.usage is not None:
-        events.append(UsageEvent(response.usage))
-    return events
-
-
 # --- usage when an upstream reports none ------------------------------------------------------------
 
 CHARS_PER_TOKEN = 4  # the usual English average for BPE tokenizers; no tokenizer download needed

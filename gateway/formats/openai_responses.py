@@ -27,7 +27,7 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
-from .common import bad, leftover_fields, parse_object
+from .common import bad, count, leftover_fields, parse_object
 
 log = logging.getLogger("gateway.formats.responses")
 
@@ -258,14 +258,16 @@ def usageparse_object(usage: Usage) -> dict[str, Any]:
 def usage_from(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
-    out_details = usage.get("output_tokens_details") or {}
-    in_details = usage.get("input_tokens_details") or {}
+    out_details = usage.get("output_tokens_details")
+    in_details = usage.get("input_tokens_details")
+    out_details = out_details if isinstance(out_details, dict) else {}
+    in_details = in_details if isinstance(in_details, dict) else {}
     return Usage(
-        input_tokens=int(usage.get("input_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        reasoning_tokens=int(out_details.get("reasoning_tokens") or 0) if isinstance(out_details, dict) else 0,
-        cached_tokens=int(in_details.get("cached_tokens") or 0) if isinstance(in_details, dict) else 0,
-        cache_write_tokens=int(in_details.get("cache_write_tokens") or 0) if isinstance(in_details, dict) else 0,
+        input_tokens=count(usage, "input_tokens"),
+        output_tokens=count(usage, "output_tokens"),
+        reasoning_tokens=count(out_details, "reasoning_tokens"),
+        cached_tokens=count(in_details, "cached_tokens"),
+        cache_write_tokens=count(in_details, "cache_write_tokens"),
     )
 
 
