@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/gateway.yaml
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,8 @@ run: $(STAMP)
 	$(PY) -m gateway serve --config $(CONFIG)
 
 test: $(STAMP)
+	command -v prometheus >/dev/null && command -v promtool >/dev/null \
+		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
@@ -36,6 +38,12 @@ bench: $(STAMP)
 	command -v perf >/dev/null || apt-get install -y linux-perf || (apt-get update && apt-get install -y linux-perf) \
 		|| echo "bench: perf is not available: instructions per request will not be reported"
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
+
+# The soak (tests/bench/README.md): a fixed-rate mixed load with injected upstream faults, 10 minutes by default,
+# on loopback. Shorter: `make soak SOAK_ARGS="--duration 60"`. Exits non-zero when a target is missed.
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(PY) -m tests.bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
