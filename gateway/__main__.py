@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, load_config, store_location
+from .config import ConfigError, ca_location, load_config, store_location
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config/gateway.yaml")
 
@@ -35,7 +35,33 @@ def main(argv: list[str] | None = None) -> int:
         sub = actions.add_parser(action, parents=[config], help=text)
         if action in ("set", "delete"):
             sub.add_argument("name", help="lowercase letters, digits, - and _, e.g. groq_groq-main")
+    probe = commands.add_parser(
+        "test", parents=[config], help="prove connections work: list models, then one tiny generation each"
+    )
+    probe.add_argument("connections", nargs="*", metavar="CONNECTION", help="connection names (default: all)")
+    probe.add_argument("--model", help="the model to ask (default: the connection's own, or one it lists)")
+    probe.add_argument("--json", action="store_true", help="one JSON object per connection")
+    models = commands.add_parser("models", parents=[config], help="the model catalog, as GET /v1/models lists it")
+    models.add_argument("--json", action="store_true", help="print the OpenAI-shaped list")
+    ca = commands.add_parser("ca", help="the CA of the HTTPS proxy (proxy.ca_dir, default {data_dir}/ca)")
+    ca_actions = ca.add_subparsers(dest="action", required=True)
+    ca_actions.add_parser("init", parents=[config], help="create the CA (an existing one is kept)")
+    export = ca_actions.add_parser("export", parents=[config], help="print the CA certificate (PEM)")
+    export.add_argument("--bundle", action="store_true", help="the system trust store plus the gateway CA")
     args = parser.parse_args(argv)
+    if args.command == "ca":
+        from .ca import run_cli
+
+        try:
+            ca_dir = ca_location(args.config)
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        return run_cli(args.action, ca_dir, getattr(args, "bundle", False))
+    if args.command in ("test", "models"):
+        from .operate import run
+
+        return run(args)
     if args.command == "keys":
         from .keys_cli import run
 
@@ -53,6 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import serve as run_server
     from .logs import setup_logging
+    from .proxy import ProxyStartError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # until the config is read
     try:
@@ -64,7 +91,11 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     try:
-        uvloop.run(run_server(config, host, port))  # a faster event loop: the gateway's own cost is the product
+        # uvloop: a faster event loop, since the gateway's own cost is the product
+        uvloop.run(run_server(config, host, port, args.config))
+    except ProxyStartError as exc:
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1

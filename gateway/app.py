@@ -9,14 +9,16 @@ import time
 
 from aiohttp import web
 
-from . import handlers
-from .auth import ClientAuth
+from . import admin, handlers
+from .catalog import Catalog
 from .config import Config
 from .errors import GatewayError
 from .logs import log_request
 from .metrics import Metrics
+from .proxy import ProxySite
 from .record import RequestRecord
-from .router import Router
+from .reliability import ConnectionStates
+from .reload import WATCHER, ConfigWatcher
 from .state import GATEWAY, RECORD, Gateway
 from .store import ResponseStore
 from .transport import Transport
@@ -51,7 +53,11 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     inflight.add((route,), 1)
     response: web.StreamResponse | None = None
     try:
-        gateway.auth.check(request)
+        _check_header_size(request, gateway.config.limits.max_header_bytes)
+        if route in admin.ADMIN_ROUTES:
+            admin.check(request)
+        else:
+            gateway.auth.check(request)
         response = await handler(request)
         if not response.prepared:  # the client gets its answer before the bookkeeping below runs
             await response.prepare(request)
@@ -77,6 +83,16 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     return response
 
 
+def _check_header_size(request: web.Request, limit: int) -> None:
+    """`limits.max_header_bytes` over the request line and all headers together (aiohttp bounds each line)."""
+    size = len(request.method) + len(request.raw_path) + 12
+    for name, value in request.raw_headers:
+        size += len(name) + len(value) + 4
+    if size > limit:
+        message = f"Request headers are larger than the limit of {limit} bytes."
+        raise GatewayError(431, message, code="headers_too_large")
+
+
 async def _add_gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
     record = request.get(RECORD)
     if record is None:
@@ -86,24 +102,35 @@ async def _add_gateway_headers(request: web.Request, response: web.StreamRespons
     response.headers["x-gateway-attempts"] = record.attempts_header()
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, config_path: str | None = None) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=config.server.max_body_bytes)
     transport = Transport()
     store = ResponseStore(config.store.path, config.store.max_age_days, config.store.max_bytes)
+    catalog = Catalog(transport, config.catalog)
     app[GATEWAY] = Gateway(
         config=config,
         transport=transport,
-        router=Router(config, transport),
-        auth=ClientAuth(config.auth.client_keys),
         metrics=Metrics(config.connections),
         store=store,
+        catalog=catalog,
+        states=ConnectionStates(),
         started_at=int(time.time()),
     )
+
+    watcher = ConfigWatcher(app[GATEWAY], config_path) if config_path is not None else None
+    if watcher is not None:
+        app[WATCHER] = watcher
 
     async def lifecycle(app: web.Application):
         await transport.start()
         await store.open()
+        await catalog.start()
+        if watcher is not None:
+            await watcher.start()
         yield
+        if watcher is not None:
+            await watcher.close()
+        await catalog.close()
         await transport.close()
         await store.close()
 
@@ -125,24 +152,30 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1beta/models", handlers.list_models, name="models_beta")
     app.router.add_get("/v1beta/models/{model}", handlers.get_model, name="model_beta")
     app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough, name="passthrough")
+    app.router.add_post("/admin/connections/{name}/test", admin.test_connection, name="admin_test")
+    app.router.add_post("/admin/reload", admin.reload, name="admin_reload")
     app.router.add_get("/healthz", handlers.healthz, name="healthz")
     app.router.add_get("/readyz", handlers.readyz, name="readyz")
     app.router.add_get("/metrics", handlers.metrics, name="metrics")
     return app
 
 
-async def start(config: Config, host: str, port: int) -> web.AppRunner:
+async def start(config: Config, host: str, port: int, config_path: str | None = None) -> web.AppRunner:
     """Start serving; returns the runner (its `addresses` say where, its `app` holds the state)."""
     # handler_cancellation: a client that hangs up cancels its handler, and so its upstream request.
     # shutdown_timeout: how long in-flight requests and streams get to finish once the listener closes.
     runner = web.AppRunner(
-        create_app(config),
+        create_app(config, config_path),
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=config.server.drain_timeout,
+        max_line_size=config.limits.max_header_bytes,
+        max_field_size=config.limits.max_header_bytes,
     )
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
+    if config.proxy.enabled:  # the HTTPS proxy listener: a site of the same runner, so drain stops it too
+        await ProxySite(runner, config).start()
     return runner
 
 
@@ -162,13 +195,23 @@ async def drain(runner: web.AppRunner) -> None:
     log.info("drained; exiting")
 
 
-async def serve(config: Config, host: str, port: int) -> None:
-    runner = await start(config, host, port)
+async def serve(config: Config, host: str, port: int, config_path: str | None = None) -> None:
+    runner = await start(config, host, port, config_path)
     enabled = [c.name for c in config.connections if c.enabled]
     log.info("listening on http://%s:%s with connections: %s", host, port, ", ".join(enabled) or "none enabled")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = runner.app.get(WATCHER)
+    reloads: set[asyncio.Task] = set()
+    if watcher is not None:
+
+        def on_sighup() -> None:
+            task = asyncio.create_task(watcher.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     await drain(runner)

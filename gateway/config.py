@@ -8,9 +8,11 @@ connection whose key reference cannot be resolved is not an error: it is disable
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -49,6 +51,35 @@ class Timeouts:
     total: float = 600.0
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """After `failures` health failures within `window` seconds the connection is skipped for `cooldown`
+    seconds, then half-open: one probe request decides. `failures: 0` turns the breaker off."""
+
+    failures: int = 5
+    window: float = 30.0
+    cooldown: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Extra tries on the same connection after a 429 / 503 / overloaded answer (after its other keys),
+    waiting what that answer's Retry-After says; a longer wait than `max_wait` falls back instead."""
+
+    attempts: int = 0
+    max_wait: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reliability:
+    """`reliability:` holds the defaults; a connection's own keys of the same names override them."""
+
+    breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
+    max_concurrent: int | None = None  # requests in flight at once; None: unlimited
+    queue_timeout: float = 1.0  # how long a request waits for a slot before the connection counts as busy
+
+
 @dataclass(slots=True)
 class Connection:
     name: str
@@ -71,6 +102,9 @@ class Connection:
     max_tokens_param: str = "max_tokens"  # or max_completion_tokens
     reasoning_tags: bool = False  # a leading <think>...</think> in the content is reasoning
     capabilities: Capabilities = field(default_factory=Capabilities)
+    listing: bool = True  # GET {base}/models lists what it serves (the model catalog asks it)
+    listed_models: tuple[str, ...] = ()  # curated: shown when it has no listing, or its listing fails
+    reliability: Reliability = Reliability()
 
     @property
     def api_key(self) -> str | None:
@@ -96,6 +130,14 @@ class ServerConfig:
     deadline: float = 60.0
     drain_delay: float = 0.0  # after SIGTERM: keep accepting (readiness already 503) so endpoints update
     drain_timeout: float = 30.0  # then: how long in-flight requests and streams get to finish
+    watch_interval: float = 2.0  # seconds between checks of the config file for changes; 0: only SIGHUP reloads
+
+
+@dataclass(slots=True)
+class LimitsConfig:
+    max_header_bytes: int = 32 * 1024  # a client's request line and headers, together
+    max_stream_seconds: float = 3600.0  # a streamed answer, commit to last byte; a client that stops reading
+    # cannot hold a stream (and its upstream) longer than this
 
 
 @dataclass(slots=True)
@@ -124,6 +166,50 @@ class AuthConfig:
 
 
 @dataclass(slots=True)
+class AdminConfig:
+    """`/admin/*` endpoints need `Authorization: Bearer <token>`; without a token they are off."""
+
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class CatalogConfig:
+    """The model catalog: per-connection lists cached for `ttl` seconds and refreshed in the background
+    `refresh_ahead` seconds before they expire; one listing call waits at most `timeout`; a connection
+    whose listing failed is not asked again for `cooldown` seconds (its last good list is served)."""
+
+    ttl: float = 600.0
+    refresh_ahead: float = 60.0
+    timeout: float = 5.0
+    cooldown: float = 60.0
+
+
+DEFAULT_INTERCEPT = {
+    "api.openai.com": "managed",
+    "api.anthropic.com": "managed",
+    "generativelanguage.googleapis.com": "managed",
+}
+PROXY_MODES = ("managed", "observe")
+HOST_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+@dataclass(slots=True)
+class ProxyConfig:
+    """The HTTP(S) proxy listener (`gateway/proxy.py`), off unless a `proxy:` section is configured."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 3128  # 0: any free port
+    intercept: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INTERCEPT))  # host -> managed | observe
+    tunnel: frozenset[tuple[str, int]] = frozenset()  # (host, port) relayed blind
+    allow_private: bool = False  # connect to loopback, link-local and private addresses
+    auth: tuple[str, ...] = field(default=(), repr=False)  # Proxy-Authorization secrets
+    upstream_ca_file: str | None = None  # observe mode verifies real hosts with this instead of the system store
+    host_map: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # real host -> where to connect
+    ca_dir: str = "data/ca"
+
+
+@dataclass(slots=True)
 class Config:
     data_dir: str
     master_key_file: str
@@ -135,6 +221,13 @@ class Config:
     anthropic_sampling_rules: list[SamplingRule]
     connections: list[Connection]  # sorted: priority, then config order
     routes: dict[str, list[str]]  # requested model (exact or glob) -> connection names, in config order
+    # alias -> (connection name, upstream model) in order; resolved before routes
+    aliases: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    reliability: Reliability = Reliability()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     def connection(self, name: str) -> Connection:
         return next(c for c in self.connections if c.name == name)
@@ -268,8 +361,9 @@ def _server(source: str, data: Any) -> ServerConfig:
         deadline=float(r.number("deadline", d.deadline)),
         drain_delay=float(r.number("drain_delay", d.drain_delay, positive=False)),
         drain_timeout=float(r.number("drain_timeout", d.drain_timeout, positive=False)),
+        watch_interval=float(r.number("watch_interval", d.watch_interval, positive=False)),
     )
-    for key in ("drain_delay", "drain_timeout"):
+    for key in ("drain_delay", "drain_timeout", "watch_interval"):
         if getattr(server, key) < 0:
             r.fail(f"must not be negative, got {getattr(server, key)}", f"e.g. `{key}: 5`", key)
     if server.port > 65535:
@@ -283,15 +377,222 @@ def _auth(source: str, data: Any, refs: References) -> AuthConfig:
     raw = r.get("client_keys") or []
     if not isinstance(raw, list) or not all(isinstance(k, str) and k for k in raw):
         r.fail("must be a list of strings", "write `client_keys: [env:GATEWAY_CLIENT_KEY]`", "client_keys")
-    keys = []
+    keys = _resolve_secrets(refs, raw, "auth.client_keys")
+    r.finish()
+    return AuthConfig(client_keys=tuple(keys))
+
+
+def _resolve_secrets(refs: References, raw: list[str], where: str) -> list[str]:
+    """The secrets a list of references names; one that cannot be resolved is left out with a warning."""
+    secrets = []
     for ref in raw:
         value, missing = refs.resolve(ref)
         if value is None:
-            log.warning("auth.client_keys: %s; that key is not accepted", missing)
+            log.warning("%s: %s; that secret is not accepted", where, missing)
         else:
-            keys.append(value)
+            secrets.append(value)
+    return secrets
+
+
+def _host_port(r: _Reader, key: str, text: Any, default_port: int | None) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]:port`: a lowercase host name or IP address, and a port."""
+    fix = "write a host name or address, optionally with a port: `example.com` or `10.0.0.5:8443`"
+    if not isinstance(text, str) or not text:
+        r.fail(f"must be a host name, got {_kind(text)}", fix, key)
+    host, port_text = text.lower(), None
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else (None if not rest else "x")
+    elif host.count(":") == 1:
+        host, port_text = host.split(":")
+    port = default_port
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            r.fail(f"{text!r} has no valid port (1-65535)", fix, key)
+        port = int(port_text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not HOST_RE.match(host):
+            r.fail(f"{text!r} is not a host name", fix, key)
+    return host, port
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _proxy(source: str, data: Any, refs: References, server: ServerConfig) -> ProxyConfig:
+    default_ca_dir = str(refs.data_dir / "ca")
+    if data is None:
+        return ProxyConfig(ca_dir=default_ca_dir)
+    r = _Reader(source, "proxy", data)
+    d = ProxyConfig()
+    host = r.string("host", d.host) or d.host
+    port = r.number("port", d.port, integer=True, positive=False)
+    if not 0 <= port <= 65535:
+        r.fail(f"must be a TCP port (1-65535, or 0 for any free port), got {port}", "e.g. `port: 3128`", "port")
+    if port and port == server.port:
+        r.fail(f"is also server.port ({port})", "give the proxy its own port, e.g. `port: 3128`", "port")
+    intercept: dict[str, str] = dict(d.intercept)
+    if r.get("intercept") is not None:
+        raw = r.string_map("intercept")
+        intercept = {}
+        for name, mode in raw.items():
+            if mode not in PROXY_MODES:
+                r.fail(f"unknown mode {mode!r}", "use `managed` or `observe`", f"intercept.{name}")
+            target, target_port = _host_port(r, f"intercept.{name}", name, None)
+            if target_port is not None or not HOST_RE.match(target) or _is_address(target):
+                r.fail(f"{name!r} is not a host name", "write a host name alone (port 443 is intercepted)", "intercept")
+            intercept[target] = mode
+    raw_tunnel = r.get("tunnel") or []
+    if not isinstance(raw_tunnel, list):
+        r.fail("must be a list of hosts", "write `tunnel: [example.com, other.example:8443]`", "tunnel")
+    tunnel: set[tuple[str, int]] = set()
+    for i, item in enumerate(raw_tunnel):
+        target, target_port = _host_port(r, f"tunnel[{i}]", item, 443)
+        assert target_port is not None
+        if target_port == 443 and target in intercept:
+            r.fail(f"{target} is also under intercept", "keep it in one of intercept or tunnel", f"tunnel[{i}]")
+        tunnel.add((target, target_port))
+    allow_private = r.boolean("allow_private", d.allow_private)
+    host_map: dict[str, tuple[str, int | None]] = {}
+    for name, where in r.string_map("host_map").items():
+        key = f"host_map.{name}"
+        real, _ = _host_port(r, key, name, None)
+        if real not in intercept and real not in {t[0] for t in tunnel}:
+            r.fail(f"{real} is neither intercepted nor tunnelled, so it is never connected to", "remove it", key)
+        target, target_port = _host_port(r, key, where, None)
+        try:
+            address = ipaddress.ip_address(target)
+        except ValueError:
+            address = None
+        if address is not None and not address.is_global and not allow_private:
+            r.fail(
+                f"{where} is a private or loopback address, which the proxy never connects to",
+                "set `proxy.allow_private: true` (only for addresses you control)",
+                key,
+            )
+        host_map[real] = (target, target_port)
+    raw_auth = r.get("auth") or []
+    if not isinstance(raw_auth, list) or not all(isinstance(k, str) and k for k in raw_auth):
+        r.fail("must be a list of secret references", "write `auth: [env:GATEWAY_PROXY_KEY]`", "auth")
+    if not raw_auth and not _is_loopback_host(host):
+        r.fail(
+            f"the proxy listens on {host}, beyond loopback, without proxy authentication",
+            "add `auth: [env:GATEWAY_PROXY_KEY]`, or listen on `host: 127.0.0.1`",
+            "auth",
+        )
+    secrets = _resolve_secrets(refs, raw_auth, "proxy.auth")
+    if raw_auth and not secrets:
+        r.fail("none of its secrets can be resolved, so no client could use the proxy", "set them", "auth")
+    upstream_ca_file = r.string("upstream_ca_file")
+    if upstream_ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=upstream_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            fix = "point it at a PEM file of CA certificates"
+            r.fail(f"cannot load {upstream_ca_file} ({reason})", fix, "upstream_ca_file")
+    out = ProxyConfig(
+        enabled=r.boolean("enabled", True),
+        host=host,
+        port=port,
+        intercept=intercept,
+        tunnel=frozenset(tunnel),
+        allow_private=allow_private,
+        auth=tuple(secrets),
+        upstream_ca_file=upstream_ca_file,
+        host_map=host_map,
+        ca_dir=r.string("ca_dir") or default_ca_dir,
+    )
     r.finish()
-    return AuthConfig(client_keys=tuple(keys))
+    return out
+
+
+def _admin(source: str, data: Any, refs: References) -> AdminConfig:
+    r = _Reader(source, "admin", data)
+    ref = r.string("token", fix="write `token: env:GATEWAY_ADMIN_TOKEN`")
+    token = None
+    if ref is not None:
+        token, missing = refs.resolve(ref)
+        if missing:
+            log.warning("admin.token: %s; the admin endpoints are off", missing)
+    r.finish()
+    return AdminConfig(token=token or None)
+
+
+def _limits(source: str, data: Any) -> LimitsConfig:
+    r = _Reader(source, "limits", data)
+    d = LimitsConfig()
+    out = LimitsConfig(
+        max_header_bytes=r.number("max_header_bytes", d.max_header_bytes, integer=True),
+        max_stream_seconds=float(r.number("max_stream_seconds", d.max_stream_seconds)),
+    )
+    if out.max_header_bytes < 1024:
+        fix = "e.g. `max_header_bytes: 32768`"
+        r.fail(f"must be at least 1024, got {out.max_header_bytes}", fix, "max_header_bytes")
+    r.finish()
+    return out
+
+
+def _reliability(r: _Reader, d: Reliability) -> Reliability:
+    """The reliability keys of `r` (the `reliability:` section, or a connection), over the defaults `d`."""
+    b = _Reader(r.source, r.key("breaker"), r.get("breaker"))
+    breaker = BreakerSettings(
+        failures=b.number("failures", d.breaker.failures, integer=True, positive=False),
+        window=float(b.number("window", d.breaker.window)),
+        cooldown=float(b.number("cooldown", d.breaker.cooldown)),
+    )
+    if breaker.failures < 0:
+        b.fail("must not be negative", "e.g. `failures: 5` (0 turns the breaker off)", "failures")
+    b.finish()
+    t = _Reader(r.source, r.key("retry"), r.get("retry"))
+    retry = RetrySettings(
+        attempts=t.number("attempts", d.retry.attempts, integer=True, positive=False),
+        max_wait=float(t.number("max_wait", d.retry.max_wait, positive=False)),
+    )
+    if retry.attempts < 0 or retry.max_wait < 0:
+        key = "attempts" if retry.attempts < 0 else "max_wait"
+        t.fail("must not be negative", f"e.g. `{key}: {getattr(RetrySettings(), key)}`", key)
+    t.finish()
+    max_concurrent = r.get("max_concurrent")
+    if max_concurrent is not None:
+        max_concurrent = r.number("max_concurrent", 16, integer=True)
+    return Reliability(
+        breaker=breaker,
+        retry=retry,
+        max_concurrent=max_concurrent if max_concurrent is not None else d.max_concurrent,
+        queue_timeout=float(r.number("queue_timeout", d.queue_timeout, positive=False)),
+    )
+
+
+def _catalog(source: str, data: Any) -> CatalogConfig:
+    r = _Reader(source, "catalog", data)
+    d = CatalogConfig()
+    out = CatalogConfig(
+        ttl=float(r.number("ttl", d.ttl)),
+        refresh_ahead=float(r.number("refresh_ahead", d.refresh_ahead, positive=False)),
+        timeout=float(r.number("timeout", d.timeout)),
+        cooldown=float(r.number("cooldown", d.cooldown)),
+    )
+    if out.refresh_ahead < 0:
+        r.fail("must not be negative", "e.g. `refresh_ahead: 60`", "refresh_ahead")
+    r.finish()
+    return out
 
 
 def _logging(source: str, data: Any) -> LoggingConfig:
@@ -376,7 +677,9 @@ def _key_references(r: _Reader) -> list[str]:
     return [r.string("api_key")] if single is not None else []
 
 
-def _connection(source: str, index: int, data: Any, names: set[str], refs: References) -> Connection:
+def _connection(
+    source: str, index: int, data: Any, names: set[str], refs: References, reliability: Reliability
+) -> Connection:
     r = _Reader(source, f"connections[{index}]", data)
     name = r.string("name", required=True, fix="give it a name of letters, digits and hyphens, e.g. `name: groq-main`")
     assert name is not None
@@ -477,11 +780,23 @@ def _connection(source: str, index: int, data: Any, names: set[str], refs: Refer
         anthropic_version=r.string("anthropic_version", "2023-06-01") or "2023-06-01",
         max_tokens_default=r.number("max_tokens_default", 4096, integer=True),
         capabilities=_capabilities(r, preset.capabilities),
+        **_listing(r, preset),
+        reliability=_reliability(r, reliability),
     )
     r.finish()
     if disabled and enabled:
         log.warning("connection %s is disabled: %s", name, connection.disabled_reason)
     return connection
+
+
+def _listing(r: _Reader, preset: Preset) -> dict[str, Any]:
+    """`listed_models: [ids]` curates what the catalog shows for a connection instead of its live list."""
+    listed = r.get("listed_models")
+    if listed is None:
+        return {"listing": preset.listing, "listed_models": preset.curated}
+    if not isinstance(listed, list) or not all(isinstance(m, str) and m for m in listed):
+        r.fail("must be a list of model ids", "write `listed_models: [model-a, model-b]`", "listed_models")
+    return {"listing": False, "listed_models": tuple(listed)}
 
 
 def _capabilities(parent: _Reader, default: Capabilities) -> Capabilities:
@@ -536,6 +851,30 @@ def _routes(source: str, data: Any, names: set[str]) -> dict[str, list[str]]:
     return routes
 
 
+def _aliases(source: str, data: Any, names: set[str]) -> dict[str, list[tuple[str, str]]]:
+    r = _Reader(source, "aliases", data)
+    aliases: dict[str, list[tuple[str, str]]] = {}
+    for alias, targets in r.data.items():
+        r.seen.add(alias)
+        fix = f'write `{alias}: [connection-name/model-name, ...]`'
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            r.fail("must be a non-empty list of connection/model entries", fix, str(alias))
+        if GLOB_CHARS.intersection(str(alias)):
+            r.fail("is a pattern; an alias is one exact model name", "use `routes:` for patterns", str(alias))
+        entries = []
+        for target in targets:
+            name, slash, model = target.partition("/")  # connection names hold no '/', model names may
+            if not slash or not model:
+                r.fail(f"{target!r} is not connection/model", fix, str(alias))
+            if name not in names:
+                close = difflib.get_close_matches(name, sorted(names), n=1)
+                hint = f"did you mean `{close[0]}`?" if close else f"connections are: {', '.join(sorted(names))}"
+                r.fail(f"names no connection {name!r}", hint, str(alias))
+            entries.append((name, model))
+        aliases[str(alias)] = entries
+    return aliases
+
+
 def parse_config(data: Any, source: str = "<config>") -> Config:
     r = _Reader(source, "", data)
     server = _server(source, r.get("server"))
@@ -544,17 +883,25 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     logging_config = _logging(source, r.get("logging"))
     store = _store(source, r.get("store"))
     sampling_rules = _sampling_rules(source, r.get("anthropic_sampling_rules"))
+    reliability_reader = _Reader(source, "reliability", r.get("reliability"))
+    reliability = _reliability(reliability_reader, Reliability())
+    reliability_reader.finish()
+    limits = _limits(source, r.get("limits"))
     raw_connections = r.get("connections") or []
     if not isinstance(raw_connections, list):
         r.fail("must be a list of connections", "write `connections:` followed by `- name: ...` items", "connections")
     connections: list[Connection] = []
     names: set[str] = set()
     for index, item in enumerate(raw_connections):
-        connection = _connection(source, index, item, names, refs)
+        connection = _connection(source, index, item, names, refs, reliability)
         names.add(connection.name)
         connections.append(connection)
     connections.sort(key=lambda c: (c.priority, c.order))
     routes = _routes(source, r.get("routes"), names)
+    aliases = _aliases(source, r.get("aliases"), names)
+    admin = _admin(source, r.get("admin"), refs)
+    catalog = _catalog(source, r.get("catalog"))
+    proxy = _proxy(source, r.get("proxy"), refs, server)
     r.finish()
     return Config(
         data_dir=str(refs.data_dir),
@@ -567,6 +914,12 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         anthropic_sampling_rules=sampling_rules,
         connections=connections,
         routes=routes,
+        aliases=aliases,
+        admin=admin,
+        catalog=catalog,
+        proxy=proxy,
+        reliability=reliability,
+        limits=limits,
     )
 
 
@@ -591,6 +944,13 @@ def store_location(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     r = _Reader(str(path), "", _read_yaml(path))
     refs = References(r.string("data_dir", "data") or "data", r.string("master_key_file"))
     return refs.data_dir, refs.master_key_file
+
+
+def ca_location(path: str | os.PathLike[str]) -> Path:
+    """`proxy.ca_dir` from a config file (default `{data_dir}/ca`), without resolving any reference in it."""
+    r = _Reader(str(path), "", _read_yaml(path))
+    proxy = _Reader(str(path), "proxy", r.get("proxy"))
+    return Path(proxy.string("ca_dir") or Path(r.string("data_dir", "data") or "data") / "ca")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

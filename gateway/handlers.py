@@ -12,12 +12,11 @@ from aiohttp import web
 
 from . import conversations
 from .bridge import Bridge, PerConnection, UpstreamFormat
-from .config import GLOB_CHARS
 from .errors import ClientApi, GatewayError, render_error
 from .formats import openai_responses as responses_format
 from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
 from .formats.canonical import Request, estimate_tokens, request_chars
-from .formats.gemini import GeminiClient, GeminiUpstream, NativeGenerate, parse_generate_request
+from .formats.gemini import GeminiClient, GeminiUpstream, NativeCountTokens, NativeGenerate, parse_generate_request
 from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
 from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient, ResponsesUpstream
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -28,6 +27,7 @@ from .store import StoredResponse
 
 # Routes that need no client key: probes and scrapers come from other addresses.
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics"})
+GEMINI_METHODS = (":generateContent", ":streamGenerateContent", ":countTokens")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -37,7 +37,7 @@ def client_api_for(request: web.Request) -> ClientApi:
     path = request.path
     if path.startswith("/v1/messages"):
         return ClientApi.ANTHROPIC
-    if path.startswith("/v1beta/") or ":generateContent" in path or ":streamGenerateContent" in path:
+    if path.startswith("/v1beta/") or any(method in path for method in GEMINI_METHODS):
         return ClientApi.GEMINI
     if path.startswith("/v1/models"):
         if "anthropic-version" in request.headers:
@@ -262,9 +262,13 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     record: RequestRecord = request[RECORD]
     model, _, method = request.match_info["target"].partition(":")
-    if method not in ("generateContent", "streamGenerateContent") or not model:
-        raise GatewayError(404, f"Unknown method {method or '(none)'!r}: use generateContent or streamGenerateContent.")
+    if method not in ("generateContent", "streamGenerateContent", "countTokens") or not model:
+        raise GatewayError(
+            404, f"Unknown method {method or '(none)'!r}: use generateContent, streamGenerateContent or countTokens."
+        )
     body = await read_json_object(request)
+    if method == "countTokens":
+        return await _gemini_count_tokens(request, record, model, body)
     sse = method == "streamGenerateContent" and request.query.get("alt") == "sse"
     client = GeminiClient(model)
     bridge = Bridge(
@@ -275,6 +279,25 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     if method == "streamGenerateContent" and not sse and isinstance(response, web.Response) and response.status == 200:
         response.body = b"[" + bytes(response.body) + b"]"  # the stream method without SSE answers an array
     return response
+
+
+async def _gemini_count_tokens(
+    request: web.Request, record: RequestRecord, model: str, body: dict[str, Any]
+) -> web.StreamResponse:
+    """POST .../models/{model}:countTokens: asked of a Gemini connection when the model has one,
+    otherwise the documented estimate (about four characters per token)."""
+    gateway = request.app[GATEWAY]
+    native = NativeCountTokens(body)
+    try:
+        candidates = [c for c in plan(gateway.config, model, native) if c.skip is None]
+    except GatewayError:
+        candidates = []
+    if candidates:
+        record.model = model
+        return await gateway.router.serve(request, record, native, candidates)
+    inner = body.get("generateContentRequest")  # the other documented shape: a whole generateContent request
+    estimate = estimate_tokens(request_chars(parse_generate_request(inner if isinstance(inner, dict) else body, False)))
+    return _json({"totalTokens": estimate}, headers={"x-gateway-usage": "estimated"})
 
 
 async def _serve(
@@ -288,20 +311,10 @@ async def _serve(
     return await gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
 
 
-def model_ids(request: web.Request) -> list[tuple[str, str]]:
-    """(id, owner) for every name the gateway serves: model overrides, mapped names, route names."""
-    config = request.app[GATEWAY].config
-    seen: dict[str, str] = {}
-    for connection in config.connections:
-        if not connection.enabled:
-            continue
-        for name in (connection.model, *connection.models):
-            if name and name not in seen:
-                seen[name] = connection.name
-    for pattern in config.routes:
-        if not GLOB_CHARS.intersection(pattern) and pattern not in seen:
-            seen[pattern] = "gateway"
-    return list(seen.items())
+async def model_ids(request: web.Request) -> list[tuple[str, str]]:
+    """(id, owner) for every name the gateway serves (the model catalog)."""
+    gateway = request.app[GATEWAY]
+    return await gateway.catalog.models(gateway.config)
 
 
 def _model_object(request: web.Request, model_id: str, owner: str) -> dict[str, Any]:
@@ -323,7 +336,7 @@ def _model_object(request: web.Request, model_id: str, owner: str) -> dict[str, 
 async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models (and /v1beta/models): OpenAI's list, Anthropic's (anthropic-version header) or
     Gemini's (x-goog-api-key header, or the /v1beta path)."""
-    data = [_model_object(request, model_id, owner) for model_id, owner in model_ids(request)]
+    data = [_model_object(request, model_id, owner) for model_id, owner in await model_ids(request)]
     api = request[RECORD].client_api
     if api is ClientApi.ANTHROPIC:
         first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
@@ -335,7 +348,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     wanted = request.match_info["model"].removeprefix("models/")
-    for model_id, owner in model_ids(request):
+    for model_id, owner in await model_ids(request):
         if model_id == wanted:
             return _json(_model_object(request, model_id, owner))
     raise GatewayError(

@@ -4,8 +4,9 @@ route set or the fixed reason vocabulary: never from what a client sent, so seri
 
 from __future__ import annotations
 
+import asyncio
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -26,7 +27,7 @@ NO_CONNECTION = "none"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-class _Counter:
+class Counter:
     """Counts kept in a dict on the event loop; turned into a metric family only when scraped.
     (prometheus-client's own metrics lock on every update: nine updates a request add up.)"""
 
@@ -49,11 +50,11 @@ class _Counter:
         return family
 
 
-class _Gauge(_Counter):
+class Gauge(Counter):
     kind = GaugeMetricFamily
 
 
-class _Histogram:
+class Histogram:
     def __init__(self, name: str, doc: str, labels: list[str], buckets: tuple[float, ...]) -> None:
         self.name, self.doc, self.labels, self.bounds = name, doc, labels, buckets
         self.series: dict[tuple[str, ...], list[Any]] = {}  # key -> [counts per bucket (+Inf last), sum]
@@ -78,43 +79,53 @@ class _Histogram:
 
 class Metrics:
     def __init__(self, connections: Iterable[Connection]) -> None:
-        self.requests = _Counter("gateway_requests", "Client requests answered.", ["route", "connection", "code_class"])
-        self.request_duration = _Histogram(
+        self.requests = Counter("gateway_requests", "Client requests answered.", ["route", "connection", "code_class"])
+        self.request_duration = Histogram(
             "gateway_request_duration_seconds", "Client request duration, received to last byte.", ["route"],
             LATENCY_BUCKETS,
         )  # fmt: skip
-        self.upstream_duration = _Histogram(
+        self.upstream_duration = Histogram(
             "gateway_upstream_duration_seconds", "Upstream attempt duration, request sent to outcome.",
             ["connection", "outcome"], LATENCY_BUCKETS,
         )  # fmt: skip
-        self.upstream_ttfb = _Histogram(
+        self.upstream_ttfb = Histogram(
             "gateway_upstream_ttfb_seconds",
             "Upstream time to first byte: request sent to headers; for streams, to the first content event.",
             ["connection"], LATENCY_BUCKETS,
         )  # fmt: skip
-        self.fallbacks = _Counter(
+        self.fallbacks = Counter(
             "gateway_fallbacks",
             "Moves from one connection to the next.",
             ["from_connection", "to_connection", "reason"],
         )
-        self.upstream_errors = _Counter(
+        self.upstream_errors = Counter(
             "gateway_upstream_errors", "Failed upstream attempts.", ["connection", "reason"]
         )
-        self.inflight = _Gauge("gateway_inflight_requests", "Client requests in progress.", ["route"])
-        self.overhead = _Histogram(
+        self.inflight = Gauge("gateway_inflight_requests", "Client requests in progress.", ["route"])
+        self.overhead = Histogram(
             "gateway_overhead_seconds", "Time a request spent in the gateway, not waiting on an upstream.", ["route"],
             OVERHEAD_BUCKETS,
         )  # fmt: skip
-        self.tokens = _Counter("gateway_tokens", "Tokens reported by upstreams.", ["connection", "kind"])
-        self.key_rotations = _Counter(
+        self.tokens = Counter("gateway_tokens", "Tokens reported by upstreams.", ["connection", "kind"])
+        self.key_rotations = Counter(
             "gateway_key_rotations", "A connection's key set aside and its next key tried.", ["connection", "reason"]
         )
-        self.connection_up = _Gauge(
-            "gateway_connection_up", "1 when the connection is enabled and healthy.", ["connection"]
+        self.retries = Counter(
+            "gateway_retries", "The same connection tried again after a 429 / 503 / overloaded answer.",
+            ["connection", "reason"],
+        )  # fmt: skip
+        self.connection_up = Gauge(
+            "gateway_connection_up", "1 when the connection is enabled and its breaker is not open.", ["connection"]
         )
+        self.breaker_state = Gauge(
+            "gateway_breaker_state", "Circuit breaker per connection: 0 closed, 1 half-open, 2 open.", ["connection"]
+        )
+        # Set by the app: (connection, up, breaker state) for each connection, read at scrape time.
+        self.health: Callable[[], Iterable[tuple[str, bool, int]]] | None = None
         for connection in connections:
             self.connection_up.set((connection.name,), 1 if connection.enabled else 0)
-        families = [v for v in vars(self).values() if isinstance(v, _Counter | _Histogram)]
+            self.breaker_state.set((connection.name,), 0)
+        families = [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -144,6 +155,8 @@ class Metrics:
                 self.upstream_errors.add((name, attempt.reason))
             if attempt.rotated:
                 self.key_rotations.add((name, attempt.reason))
+            if attempt.retried:
+                self.retries.add((name, attempt.reason))
         self.overhead.observe(route, max(0.0, duration - waited))
         usage = record.usage
         if usage is not None and record.connection:
@@ -156,15 +169,31 @@ class Metrics:
                     self.tokens.add((record.connection, kind), count)
 
     def render(self) -> bytes:
+        if self.health is not None:
+            self.connection_up.values.clear()
+            self.breaker_state.values.clear()
+            for name, up, breaker in self.health():
+                self.connection_up.set((name,), 1 if up else 0)
+                self.breaker_state.set((name,), int(breaker))
         return generate_latest(self.registry)
 
 
 class _Collector:
     """Hands the gateway's metric families to the registry at scrape time."""
 
-    def __init__(self, families: list[_Counter | _Histogram]) -> None:
+    def __init__(self, families: list[Counter | Histogram]) -> None:
         self.families = families
 
     def collect(self) -> Iterator[Any]:
         for family in self.families:
             yield family.family()
+        yield _asyncio_tasks()
+
+
+def _asyncio_tasks() -> GaugeMetricFamily:
+    """Tasks alive on the event loop, counted at scrape time (a leak shows as steady growth)."""
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:  # scraped outside a running loop
+        tasks = 0
+    return GaugeMetricFamily("gateway_asyncio_tasks", "asyncio tasks alive on the event loop.", value=tasks)

@@ -57,6 +57,9 @@ class Preset:
     # How a Chat Completions upstream is told the output budget (OpenAI's reasoning models refuse max_tokens).
     max_tokens_param: str = "max_tokens"
     capabilities: Capabilities = Capabilities()
+    # Lists its models at GET {base}/models; where it cannot, `curated` is what the catalog shows.
+    listing: bool = True
+    curated: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {
@@ -76,7 +79,12 @@ PRESETS: dict[str, Preset] = {
     "together": Preset("https://api.together.xyz/v1"),
     "deepseek": Preset("https://api.deepseek.com/v1"),
     "xai": Preset("https://api.x.ai/v1"),
-    "perplexity": Preset("https://api.perplexity.ai", capabilities=Capabilities(tools=False)),
+    "perplexity": Preset(
+        "https://api.perplexity.ai",
+        capabilities=Capabilities(tools=False),
+        listing=False,
+        curated=("sonar", "sonar-pro", "sonar-reasoning", "sonar-reasoning-pro", "sonar-deep-research"),
+    ),
     "mistral": Preset("https://api.mistral.ai/v1"),
     "fireworks": Preset("https://api.fireworks.ai/inference/v1"),
     "huggingface": Preset("https://router.huggingface.co/v1"),

@@ -33,6 +33,7 @@ class Attempt:
     waited: float = 0.0  # of `duration`, the time spent awaiting the upstream (the rest is overhead)
     skipped: bool = False  # passed over without a request (disabled, unsupported, breaker open, busy)
     rotated: bool = False  # the failure set this key aside and the connection was tried with its next key
+    retried: bool = False  # the answer said "later": the same connection was tried again after a wait
 
 
 @dataclass(slots=True)

@@ -18,17 +18,19 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from .config import GLOB_CHARS, Config, Connection
-from .errors import ErrorKind, GatewayError, Reason, UpstreamError
+from .errors import ClientApi, ErrorKind, GatewayError, Reason, UpstreamError, render_error
 from .formats.canonical import Features
 from .presets import WireFormat
 from .record import Attempt, RequestRecord, Usage
+from .reliability import KEY_FAILURES, ConnectionState, retry_wait
 from .sse import SSEEvent
 from .transport import (
     EventReader,
@@ -127,19 +129,27 @@ def no_connection_message(config: Config) -> str:
     return f"No connection is enabled ({why or 'none is configured'}). Set the missing variables and restart."
 
 
-def plan(config: Config, model: str, relay: Relay) -> list[Candidate]:
-    """The ordered candidates for `model`: a matching route's list, else every enabled connection."""
+def _pool(config: Config, model: str) -> list[tuple[Connection, str | None]]:
+    """(connection, upstream model or None when it does not serve `model`) in order: an alias's list
+    (with its model rewriting), else a matching route's list, else every enabled connection."""
+    alias = config.aliases.get(model)
+    if alias is not None:
+        return [(config.connection(name), upstream) for name, upstream in alias]
     names = route_targets(config.routes, model)
     if names is None:
-        pool = [c for c in config.connections if c.enabled]
-        if not pool:
+        connections = [c for c in config.connections if c.enabled]
+        if not connections:
             raise GatewayError(503, no_connection_message(config), code="no_connection")
     else:
-        pool = [config.connection(n) for n in names]
+        connections = [config.connection(n) for n in names]
+    return [(c, c.upstream_model(model)) for c in connections]
+
+
+def plan(config: Config, model: str, relay: Relay) -> list[Candidate]:
+    """The ordered candidates for `model`, each marked with why it is skipped if it must be."""
     candidates: list[Candidate] = []
     needs: Features | None = None
-    for connection in pool:
-        upstream = connection.upstream_model(model)
+    for connection, upstream in _pool(config, model):
         if upstream is None:
             continue
         candidate = Candidate(connection, upstream)
@@ -174,6 +184,7 @@ def falls_back(error: UpstreamError) -> bool:
     return error.reason is not Reason.CLIENT_ERROR
 
 
+BUSY_RETRY_AFTER = 1  # seconds a client is told to wait when every connection's concurrency limit is reached
 _SAME_WAY = {
     Reason.NOT_FOUND: (404, "model_not_found"),
     Reason.CONTEXT_LENGTH: (400, "context_length_exceeded"),
@@ -188,6 +199,10 @@ def verdict(model: str, failures: list[tuple[str, UpstreamError]], skipped: list
         + [f"{c.connection.name}: {c.skip}" + (f" ({c.why})" if c.why else "") for c in skipped]
     )
     if not failures:
+        if skipped and all(c.skip is Reason.BUSY for c in skipped):
+            return GatewayError(
+                429, f"Every connection is busy: {detail}.", code="busy", headers={"Retry-After": str(BUSY_RETRY_AFTER)}
+            )
         if skipped and all(c.skip is Reason.UNSUPPORTED for c in skipped):
             return GatewayError(400, f"No connection can serve this request: {detail}.", code="unsupported")
         if skipped:
@@ -227,57 +242,38 @@ def _scrub(data: bytes, connection: Connection) -> bytes:
     return data
 
 
-# Failures that say something about the key rather than the connection: another key may serve.
-KEY_FAILURES = frozenset({Reason.RATE_LIMITED, Reason.AUTH_ERROR})
-SET_ASIDE_SECONDS = 300.0  # a key refused with 401/403
-REST_SECONDS = 5.0  # a key rate limited without a Retry-After
-
-
-class KeyPool:
-    """One connection's keys, used in turn; a refused key is set aside, a rate-limited one rests
-    for its response's Retry-After."""
-
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        self.keys = keys
-        self.next = 0
-        self.resting: dict[str, float] = {}  # key -> until (loop time)
-
-    def pick(self, now: float, avoid: set[str]) -> str | None:
-        """The next key in turn that is neither resting nor in `avoid`; else the one resting least."""
-        if not self.keys:
-            return None
-        count = len(self.keys)
-        for step in range(count):
-            key = self.keys[(self.next + step) % count]
-            if key not in avoid and self.resting.get(key, 0.0) <= now:
-                self.next = (self.next + step + 1) % count
-                return key
-        fresh = [k for k in self.keys if k not in avoid] or list(self.keys)
-        return min(fresh, key=lambda k: self.resting.get(k, 0.0))
-
-    def penalize(self, key: str, error: UpstreamError, now: float) -> None:
-        if error.reason is Reason.AUTH_ERROR:
-            self.resting[key] = now + SET_ASIDE_SECONDS
-        else:
-            self.resting[key] = now + (error.retry_after if error.retry_after is not None else REST_SECONDS)
-
-    def another(self, now: float, avoid: set[str]) -> bool:
-        return any(k not in avoid and self.resting.get(k, 0.0) <= now for k in self.keys)
-
-
 def _note_failure(attempt: Attempt, error: UpstreamError, connection: Connection) -> None:
     attempt.reason = error.reason
     attempt.detail = _scrub(error.message.encode(), connection).decode()
     attempt.status = error.status or attempt.status
 
 
-def _as_is(error: UpstreamError, connection: Connection) -> web.Response:
-    """An upstream's own 4xx answer, returned to the client unchanged but for an echoed key."""
-    return web.Response(
-        status=error.status or 400,
-        body=_scrub(error.body, connection),
-        headers={"Content-Type": error.content_type or "application/json"},
-    )
+# The wire format whose error bodies each client API can read as its own.
+_CLIENT_WIRE = {ClientApi.OPENAI: WireFormat.OPENAI, ClientApi.ANTHROPIC: WireFormat.ANTHROPIC,
+                ClientApi.GEMINI: WireFormat.GEMINI}  # fmt: skip
+
+
+def _as_is(error: UpstreamError, connection: Connection, client_api: ClientApi) -> web.Response:
+    """An upstream's own 4xx answer: unchanged (but for an echoed key) when the client speaks the
+    connection's format, else its status and message in the client's own error format."""
+    status = error.status or 400
+    if _CLIENT_WIRE[client_api] is connection.wire_format:
+        content_type = error.content_type or "application/json"
+        return web.Response(status=status, body=_scrub(error.body, connection), headers={"Content-Type": content_type})
+    message = _upstream_message(error.body) or error.message
+    body = render_error(client_api, status, _scrub(f"{connection.name}: {message}".encode(), connection).decode())
+    return web.Response(status=status, body=body, headers={"Content-Type": "application/json"})
+
+
+def _upstream_message(body: bytes) -> str | None:
+    """`error.message` of an OpenAI, Anthropic or Gemini error body (they agree on that much)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message[:1000] if isinstance(message, str) and message else None
 
 
 CAPTURE_LIMIT = 1 << 20
@@ -309,19 +305,23 @@ async def _until_content(reader: EventReader, stream: StreamRelay, held: list[by
 class Watchdog:
     """Cancels the task when no progress is noted for `idle` seconds, or at `end`. Noting progress is
     one float store; the timer moves only when it fires (a timeout rescheduled per stream event cost
-    more than the rest of the relay)."""
+    more than the rest of the relay). While `writing` (the client is slow to read, not the upstream to
+    send) only `end` applies."""
 
-    __slots__ = ("_end", "_expired", "_handle", "_idle", "_loop", "_task", "progress")
+    __slots__ = ("_end", "_expired", "_handle", "_idle", "_loop", "_task", "progress", "writing")
 
     def __init__(self, idle: float, end: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._idle, self._end = idle, end
         self._expired = False
+        self.writing = False
         self.progress = self._loop.time()
         self._handle = self._loop.call_at(min(self.progress + idle, end), self._fire)
 
     def _fire(self) -> None:
+        if self.writing:
+            self.progress = self._loop.time()
         due = min(self.progress + self._idle, self._end)
         if self._loop.time() < due:
             self._handle = self._loop.call_at(due, self._fire)
@@ -341,58 +341,142 @@ class Watchdog:
         self._handle.cancel()
 
 
+@dataclass(slots=True)
+class _Chain:
+    """One request's way through its candidates."""
+
+    deadline: float  # loop time: server.deadline after the request arrived
+    failures: list[tuple[str, UpstreamError]] = field(default_factory=list)
+    skipped: list[Candidate] = field(default_factory=list)
+
+
+ERROR_WRITE_SECONDS = 5.0  # the closing error event to a client that does not read it: then the connection is cut
 STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class Router:
-    def __init__(self, config: Config, transport: Transport) -> None:
+    def __init__(self, config: Config, transport: Transport, states: dict[str, ConnectionState]) -> None:
         self.config = config
         self.transport = transport
-        self.pools = {c.name: KeyPool(c.api_keys) for c in config.connections}
+        self.states = states  # this configuration's connections' keys, breakers and limits
 
     async def serve(
         self, request: web.Request, record: RequestRecord, relay: Relay, candidates: list[Candidate]
     ) -> web.StreamResponse:
+        """Candidates in order until one answers; when every one was passed over only because its
+        breaker is open, the one whose cooldown ends soonest is tried after all."""
         loop = asyncio.get_running_loop()
-        chain_deadline = record.started + self.config.server.deadline
-        failures: list[tuple[str, UpstreamError]] = []
-        skipped: list[Candidate] = []
+        chain = _Chain(record.started + self.config.server.deadline)
         for candidate in candidates:
-            name = candidate.connection.name
-            call = None
-            if candidate.skip is None:
-                try:
-                    call = relay.upstream_call(candidate)
-                except UpstreamError as err:  # the request cannot be expressed for this connection
-                    candidate.skip, candidate.why = err.reason, err.message
-            if call is None:
-                record.attempts.append(Attempt(name, candidate.skip or Reason.UNSUPPORTED, skipped=True))
-                skipped.append(candidate)
-                continue
-            pool = self.pools[name]
-            tried: set[str] = set()
-            while loop.time() < chain_deadline:
-                key = pool.pick(loop.time(), tried)
-                attempt = Attempt(name, Reason.OK)
-                record.attempts.append(attempt)
-                try:
-                    return await self._attempt(request, record, relay, candidate, call, key, attempt, chain_deadline)
-                except UpstreamError as err:
-                    _note_failure(attempt, err, candidate.connection)
-                    if err.reason in KEY_FAILURES and key is not None:
-                        pool.penalize(key, err, loop.time())
-                        tried.add(key)
-                        if pool.another(loop.time(), tried):  # this connection's next key before the next connection
-                            attempt.rotated = True
-                            continue
-                    if not falls_back(err):
-                        record.connection = name
-                        return _as_is(err, candidate.connection)
-                    failures.append((name, err))
-                    break
-            else:
-                break  # the deadline passed
-        raise verdict(record.model or "", failures, skipped)
+            response = await self._candidate(request, record, relay, candidate, chain)
+            if response is not None:
+                return response
+            if loop.time() >= chain.deadline:
+                break
+        held_back = [c for c in chain.skipped if c.skip is Reason.BREAKER_OPEN]
+        if held_back and not chain.failures and loop.time() < chain.deadline:
+            soonest = min(held_back, key=lambda c: self.states[c.connection.name].breaker.until)
+            chain.skipped.remove(soonest)
+            soonest.skip = None
+            response = await self._candidate(request, record, relay, soonest, chain, forced=True)
+            if response is not None:
+                return response
+        raise verdict(record.model or "", chain.failures, chain.skipped)
+
+    async def _candidate(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        relay: Relay,
+        candidate: Candidate,
+        chain: _Chain,
+        *,
+        forced: bool = False,
+    ) -> web.StreamResponse | None:
+        """One connection: passed over (unsupported, breaker open, busy), or tried with its keys in
+        turn and its retries; None when the chain should move on."""
+        loop = asyncio.get_running_loop()
+        name = candidate.connection.name
+        state = self.states[name]
+        call = None
+        if candidate.skip is None:
+            try:
+                call = relay.upstream_call(candidate)
+            except UpstreamError as err:  # the request cannot be expressed for this connection
+                candidate.skip, candidate.why = err.reason, err.message
+        if call is not None:
+            if forced:
+                state.breaker.force_probe()
+            elif not state.breaker.admit(loop.time()):
+                candidate.skip = Reason.BREAKER_OPEN
+        limiter = state.limiter if candidate.skip is None else None
+        if limiter is not None:
+            wait = max(0.0, min(candidate.connection.reliability.queue_timeout, chain.deadline - loop.time()))
+            if not await limiter.acquire(wait):
+                state.breaker.release()
+                candidate.skip, candidate.why = Reason.BUSY, f"{limiter.limit} requests in flight"
+                limiter = None
+        if call is None or candidate.skip is not None:
+            record.attempts.append(Attempt(name, candidate.skip or Reason.UNSUPPORTED, skipped=True))
+            chain.skipped.append(candidate)
+            return None
+        try:
+            return await self._tries(request, record, relay, candidate, call, state, chain)
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _tries(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        relay: Relay,
+        candidate: Candidate,
+        call: UpstreamCall,
+        state: ConnectionState,
+        chain: _Chain,
+    ) -> web.StreamResponse | None:
+        """Attempts at one connection: its next key after a key failure, a retry after a "later" answer."""
+        loop = asyncio.get_running_loop()
+        connection = candidate.connection
+        tried: set[str] = set()
+        retries = 0
+        last: UpstreamError | None = None
+        while loop.time() < chain.deadline:
+            key = state.keys.pick(loop.time(), tried)
+            attempt = Attempt(connection.name, Reason.OK)
+            record.attempts.append(attempt)
+            try:
+                response = await self._attempt(request, record, relay, candidate, call, key, attempt, chain.deadline)
+            except UpstreamError as err:
+                last = err
+                _note_failure(attempt, err, connection)
+                state.breaker.record(err.reason, loop.time())
+                if err.reason in KEY_FAILURES and key is not None:
+                    state.keys.penalize(key, err, loop.time())
+                    tried.add(key)
+                    if state.keys.another(loop.time(), tried):  # this connection's next key before the next one
+                        attempt.rotated = True
+                        continue
+                wait = retry_wait(err, connection.reliability.retry, retries)
+                if wait is not None and loop.time() + wait < chain.deadline:
+                    retries += 1
+                    attempt.retried = True
+                    await asyncio.sleep(wait)
+                    continue
+                if not falls_back(err):
+                    record.connection = connection.name
+                    return _as_is(err, connection, record.client_api)
+                break
+            except BaseException:
+                state.breaker.release()
+                raise
+            if attempt.reason is not Reason.OK:  # failed after the commit (the commit itself counted as a success)
+                state.breaker.record(attempt.reason, loop.time())
+            return response
+        if last is not None:  # moving on (or out of time) after this connection's last failure
+            chain.failures.append((connection.name, last))
+        return None
 
     async def _open(
         self,
@@ -466,6 +550,7 @@ class Router:
 
             # Committed: from here on the client sees this connection's answer.
             committed_at = loop.time()
+            self.states[connection.name].breaker.record(Reason.OK, committed_at)
             attempt.waited = committed_at - sent
             record.connection = connection.name
             if not streaming:
@@ -487,7 +572,8 @@ class Router:
                 record.client_disconnected = True
                 return response
             _capture(record.response_body, first)
-            await self._relay_rest(response, reader, stream, record, attempt, connection, attempt_end)
+            stream_end = min(attempt_end, committed_at + self.config.limits.max_stream_seconds)
+            await self._relay_rest(request, response, reader, stream, record, attempt, connection, stream_end)
             record.usage = stream.usage
             return response
         finally:
@@ -499,20 +585,23 @@ class Router:
 
     async def _relay_rest(
         self,
+        request: web.Request,
         response: web.StreamResponse,
         reader: EventReader,
         stream: StreamRelay,
         record: RequestRecord,
         attempt: Attempt,
         connection: Connection,
-        attempt_end: float,
+        stream_end: float,
     ) -> None:
         """After commit: everything one upstream read brings goes out in one write; a failure ends
-        the stream with an error event in the client's format."""
+        the stream with an error event in the client's format. The stream ends by `stream_end` (the
+        attempt's `total`, `limits.max_stream_seconds`), however slowly the client reads."""
         loop = asyncio.get_running_loop()
         idle = connection.timeout.idle
         capture = record.response_body
-        watchdog = Watchdog(idle, attempt_end)
+        watchdog = Watchdog(idle, stream_end)
+        started = loop.time()
         try:
             while True:
                 waiting_since = loop.time()
@@ -525,8 +614,10 @@ class Router:
                     pieces = [piece for piece, _ in map(stream.feed, batch) if piece]
                     out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 if out:
+                    watchdog.writing = True  # a slow client is not an idle upstream
                     await response.write(out)
-                    watchdog.progress = loop.time()  # a slow client is not an idle upstream
+                    watchdog.writing = False
+                    watchdog.progress = loop.time()
                     if capture is not None:
                         _capture(capture, out)
                 if batch is None:
@@ -534,11 +625,16 @@ class Router:
         except asyncio.CancelledError:
             if not watchdog.claim():
                 raise
-            stalled = loop.time() < attempt_end - 0.001
+            if watchdog.writing:  # the client stopped reading: it cannot hold the stream open any longer
+                record.client_disconnected = True
+                if request.transport is not None:
+                    request.transport.close()
+                return
+            stalled = loop.time() < stream_end - 0.001
             failure = UpstreamError(
                 ErrorKind.TIMEOUT,
                 Reason.TIMEOUT,
-                f"stream idle for {idle:g} s" if stalled else f"stream exceeded {connection.timeout.total:g} s",
+                f"stream idle for {idle:g} s" if stalled else f"stream exceeded {stream_end - started:.3g} s",
             )
         except UpstreamError as err:
             failure = err
@@ -550,9 +646,12 @@ class Router:
         _note_failure(attempt, failure, connection)
         record.failed_after_commit = True
         try:
-            await response.write(_scrub(stream.error(failure, connection.name), connection))
-        except ConnectionResetError:
+            async with asyncio.timeout(ERROR_WRITE_SECONDS):
+                await response.write(_scrub(stream.error(failure, connection.name), connection))
+        except (ConnectionResetError, TimeoutError):
             record.client_disconnected = True
+            if request.transport is not None:
+                request.transport.close()
 
     async def forward(self, request: web.Request, record: RequestRecord, path: str, body: bytes) -> web.StreamResponse:
         """Any other `/v1/*` request: as-is to the first enabled OpenAI-format connection, once.
@@ -572,7 +671,7 @@ class Router:
         try:
             try:
                 async with asyncio.timeout_at(min(sent + limits.first_byte, chain_deadline)):
-                    key = self.pools[connection.name].pick(loop.time(), set())
+                    key = self.states[connection.name].keys.pick(loop.time(), set())
                     upstream = await self._open(request, record, connection, request.method, call, key, chain_deadline)
             except TimeoutError:
                 raise _timeout("headers", limits.first_byte) from None
@@ -582,7 +681,7 @@ class Router:
             if err.kind is not ErrorKind.HTTP_STATUS:
                 raise verdict(path, [(connection.name, err)], []) from None
             record.connection = connection.name
-            return _as_is(err, connection)
+            return _as_is(err, connection, record.client_api)
         try:
             attempt.status = upstream.status
             attempt.ttfb = attempt.waited = loop.time() - sent

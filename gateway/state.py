@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from .auth import ClientAuth
+from .catalog import Catalog
 from .config import Config
 from .metrics import Metrics
 from .record import RequestRecord
+from .reliability import ConnectionStates
 from .router import Router
 from .store import ResponseStore
 from .transport import Transport
@@ -17,14 +20,30 @@ from .transport import Transport
 
 @dataclass(slots=True)
 class Gateway:
+    """The process's objects. `config`, `router` and `auth` belong to one configuration and are swapped
+    together by `apply`; the rest (sessions, stores, connection states, metrics) lives as long as the process."""
+
     config: Config
     transport: Transport
-    router: Router
-    auth: ClientAuth
     metrics: Metrics
     store: ResponseStore
+    catalog: Catalog
+    states: ConnectionStates
     started_at: int  # unix time, the `created` of listed models
+    router: Router = field(init=False)
+    auth: ClientAuth = field(init=False)
     draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
+
+    def __post_init__(self) -> None:
+        self.metrics.health = lambda: self.states.health(asyncio.get_running_loop().time())
+        self.apply(self.config)
+
+    def apply(self, config: Config) -> None:
+        """Switch to `config` in one step (nothing here awaits): requests already routed finish on the
+        router of the old one; connections that did not change keep their breakers and key state."""
+        router = Router(config, self.transport, self.states.update(config.connections))
+        self.config, self.router, self.auth = config, router, ClientAuth(config.auth.client_keys)
+        self.catalog.configure(config)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

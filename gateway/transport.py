@@ -123,6 +123,37 @@ class Transport:
                 ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"request failed ({type(exc).__name__})"
             ) from None
 
+    async def fetch(
+        self,
+        connection: Connection,
+        method: str,
+        path: str,
+        *,
+        key: str | None,
+        timeout: float,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        request_id: str = "gateway",
+    ) -> bytes:
+        """One whole request to a connection on the gateway's own account (a model listing, a connection
+        test), bounded by `timeout` from sending to the last byte; a non-2xx raises its UpstreamError."""
+        all_headers = upstream_headers(connection, {}, request_id, key)
+        all_headers.update(headers or {})
+        url = join_url(connection.base_url or "", path)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self.send(
+                    method, url, all_headers, body, connect_timeout=min(connection.timeout.connect, timeout)
+                )
+                try:
+                    if response.status >= 400:
+                        raise await http_error(response)
+                    return await read_body(response)
+                finally:
+                    response.close()
+        except TimeoutError:
+            raise UpstreamError(ErrorKind.TIMEOUT, Reason.TIMEOUT, f"no complete answer within {timeout:g} s") from None
+
     def _timeout(self, connect: float) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(connect)
         if timeout is None:

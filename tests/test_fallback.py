@@ -260,3 +260,30 @@ async def test_embeddings_fall_back_only_to_the_same_model(start_upstream, start
     raw = await gw.client().embeddings.with_raw_response.create(model="anything", input="hi")
     assert raw.headers["x-gateway-attempts"] == "a:server_error,c:ok"
     assert other_model.requests == []
+
+
+async def test_an_upstream_client_error_reaches_a_translated_client_in_its_own_format(start_upstream, start_gateway):
+    upstream = await start_upstream(error_handler(400, "messages[0].content: bad value sk-upstream-secret-main"))
+    gateway = await start_gateway(gateway_config(connection("main", upstream)))
+    async with aiohttp.ClientSession() as session:
+        anthropic_request = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+        headers = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+        async with session.post(f"{gateway.url}/v1/messages", json=anthropic_request, headers=headers) as response:
+            assert response.status == 400
+            body = await response.json()
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["message"] == "main: messages[0].content: bad value [redacted]"
+        gemini_request = {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
+        url = f"{gateway.url}/v1beta/models/m:generateContent"
+        async with session.post(url, json=gemini_request, headers={"x-goog-api-key": CLIENT_KEY}) as response:
+            assert response.status == 400
+            body = await response.json()
+        assert body["error"]["status"] == "INVALID_ARGUMENT" and body["error"]["code"] == 400
+        assert "bad value [redacted]" in body["error"]["message"]
+        async with session.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "Hi"}]},
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as response:  # the same format: the upstream's own body, unchanged but for the key
+            assert response.status == 400
+            assert (await response.json())["error"]["message"] == "messages[0].content: bad value [redacted]"

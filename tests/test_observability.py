@@ -250,9 +250,9 @@ async def test_sigterm_drains_open_streams_then_exits_zero(start_upstream, tmp_p
 
 
 def test_histogram_buckets_are_inclusive_and_cumulative():
-    from gateway.metrics import LATENCY_BUCKETS, _Histogram
+    from gateway.metrics import LATENCY_BUCKETS, Histogram
 
-    histogram = _Histogram("h_seconds", "doc", ["route"], LATENCY_BUCKETS)
+    histogram = Histogram("h_seconds", "doc", ["route"], LATENCY_BUCKETS)
     for value in (0.5, 0.5000001, 0.001, 1000.0):
         histogram.observe(("chat",), value)
     (sample_set,) = [histogram.family()]

@@ -26,7 +26,7 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
-from .common import bad, call_arguments, count, leftover_fields, loads_object, parse_object, unsupported
+from .common import bad, call_arguments, count, leftover_fields, loads_object, optional, parse_object, unsupported
 
 log = logging.getLogger("gateway.formats.anthropic")
 
@@ -349,12 +349,15 @@ def _invalid(param: str, message: str) -> GatewayError:
     return GatewayError(400, f"{param}: {message}", code="invalid_request_error", param=param)
 
 
-def _text_of(content: Any) -> str:
+def _text_of(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
-    return ""
+    if not isinstance(content, list):
+        return ""
+    texts = [b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+    if not all(isinstance(text, str) for text in texts):
+        raise _invalid(where, "a text block's text must be a string")
+    return "".join(texts)
 
 
 def _client_part(block: dict[str, Any], where: str, unsupported: list[str]) -> c.Part | None:
@@ -393,9 +396,8 @@ def _client_turn(raw: Any, where: str, unsupported: list[str]) -> list[c.Message
             raise _invalid(at, "expected an object")
         kind = block.get("type")
         if kind == "tool_result":
-            out.append(
-                c.Message("tool", [c.Text(_text_of(block.get("content")))], tool_call_id=block.get("tool_use_id"))
-            )
+            text = _text_of(block.get("content"), f"{at}.content")
+            out.append(c.Message("tool", [c.Text(text)], tool_call_id=block.get("tool_use_id")))
         elif kind == "tool_use":
             arguments = orjson.dumps(block.get("input") or {}).decode()
             message.tool_calls.append(c.ToolCall(str(block.get("id")), str(block.get("name")), arguments))
@@ -422,7 +424,7 @@ def _effort(thinking: Any, output_config: Any) -> str | None:
         effort = output_config.get("effort") if isinstance(output_config, dict) else None
         return effort if isinstance(effort, str) else "medium"
     budget = thinking.get("budget_tokens") if isinstance(thinking.get("budget_tokens"), int) else 8192
-    return next(effort for limit, effort in EFFORT_FOR_BUDGET if budget < limit)
+    return next((effort for limit, effort in EFFORT_FOR_BUDGET if budget < limit), "high")
 
 
 def parse_messages_request(body: dict[str, Any]) -> c.Request:
@@ -431,14 +433,14 @@ def parse_messages_request(body: dict[str, Any]) -> c.Request:
     messages: list[c.Message] = []
     system = body.get("system")
     if system:
-        messages.append(c.Message("system", [c.Text(_text_of(system))]))
+        messages.append(c.Message("system", [c.Text(_text_of(system, "system"))]))
     raw = body.get("messages")
     if not isinstance(raw, list):
         raise _invalid("messages", "expected an array")
     for i, turn in enumerate(raw):
         messages += _client_turn(turn, f"messages.{i}", unsupported)
     request = c.Request(messages)
-    for i, tool in enumerate(body.get("tools") or []):
+    for i, tool in enumerate(optional(body, "tools", list, "an array", _invalid) or []):
         if not isinstance(tool, dict) or "input_schema" not in tool:
             unsupported.append(
                 f"tools.{i}: server tools ({tool.get('type') if isinstance(tool, dict) else tool}) cannot be translated"
@@ -454,8 +456,9 @@ def parse_messages_request(body: dict[str, Any]) -> c.Request:
         if choice.get("disable_parallel_tool_use"):
             request.parallel_tool_calls = False
     request.max_output_tokens = body.get("max_tokens")
-    request.temperature, request.top_p = body.get("temperature"), body.get("top_p")
-    request.stop = body.get("stop_sequences")
+    request.temperature = optional(body, "temperature", (int, float), "a number", _invalid)
+    request.top_p = optional(body, "top_p", (int, float), "a number", _invalid)
+    request.stop = optional(body, "stop_sequences", list, "an array of strings", _invalid)
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         request.user = metadata["user_id"]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from ..errors import ErrorKind, Reason, UpstreamError
+from ..errors import ErrorKind, GatewayError, Reason, UpstreamError
 from . import canonical as c
 
 log = logging.getLogger("gateway.formats")
@@ -50,6 +50,26 @@ def call_arguments(call: c.ToolCall) -> dict[str, Any]:
     if value is None:
         raise unsupported(f"tool call {call.id} has arguments that are not a JSON object")
     return value
+
+
+def optional(
+    body: Mapping[str, Any],
+    key: str,
+    kinds: type | tuple[type, ...],
+    what: str,
+    invalid: Callable[[str, str], GatewayError],
+    param: str | None = None,
+) -> Any:
+    """An optional field of a client's request, checked before a translation relies on its type: its
+    value (None when absent), else the format's 400 naming `param` (default `key`). A boolean is a
+    number only where `kinds` lists bool."""
+    value = body.get(key)
+    if value is None:
+        return None
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)):
+        return value
+    raise invalid(param or key, f"expected {what}")
 
 
 def count(mapping: Mapping[str, Any], key: str) -> int:

@@ -21,7 +21,7 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
-from .common import bad, call_arguments, count, leftover_fields, loads_object, parse_object, unsupported
+from .common import bad, call_arguments, count, leftover_fields, loads_object, optional, parse_object, unsupported
 
 SIGNATURE_SEPARATOR = "__thought__"
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
@@ -314,6 +314,16 @@ def _invalid(param: str, message: str) -> GatewayError:
     return GatewayError(400, f"Invalid value at '{param}': {message}", param=param)
 
 
+def _object(body: dict[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
+    """An optional object field of a request ({} when absent); anything else is a 400."""
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid(prefix + key, "expected an object")
+    return value
+
+
 def _data_url(blob: dict[str, Any]) -> str:
     return f"data:{blob.get('mimeType')};base64,{blob.get('data')}"
 
@@ -388,7 +398,7 @@ def _effort_of(thinking: Any) -> str | None:
     budget = thinking.get("thinkingBudget")
     if not isinstance(budget, int) or budget < 0:  # -1: dynamic
         return "medium" if thinking.get("includeThoughts") else None
-    return next(effort for limit, effort in EFFORT_FOR_BUDGET if budget < limit)
+    return next((effort for limit, effort in EFFORT_FOR_BUDGET if budget < limit), "high")
 
 
 def parse_generate_request(raw_body: dict[str, Any], stream: bool) -> c.Request:
@@ -396,9 +406,15 @@ def parse_generate_request(raw_body: dict[str, Any], stream: bool) -> c.Request:
     body = camel(raw_body)
     unsupported: list[str] = []
     messages: list[c.Message] = []
-    system = body.get("systemInstruction")
-    if isinstance(system, dict):
-        text = "".join(p.get("text", "") for p in system.get("parts") or [] if isinstance(p, dict))
+    system = _object(body, "systemInstruction")
+    if system:
+        parts = system.get("parts") or []
+        if not isinstance(parts, list):
+            raise _invalid("systemInstruction.parts", "expected an array of parts")
+        texts = [p["text"] for p in parts if isinstance(p, dict) and "text" in p]
+        if not all(isinstance(text, str) for text in texts):
+            raise _invalid("systemInstruction.parts", "a part's text must be a string")
+        text = "".join(texts)
         if text:
             messages.append(c.Message("system", [c.Text(text)]))
     contents = body.get("contents")
@@ -408,25 +424,36 @@ def parse_generate_request(raw_body: dict[str, Any], stream: bool) -> c.Request:
     for i, content in enumerate(contents):
         messages += _content(content, f"contents[{i}]", ids, unsupported)
     request = c.Request(messages, stream=stream)
-    for i, tool in enumerate(body.get("tools") or []):
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise _invalid("tools", "expected an array of tools")
+    for i, tool in enumerate(tools):
         declarations = tool.get("functionDeclarations") if isinstance(tool, dict) else None
         if not isinstance(declarations, list):
             unsupported.append(f"tools[{i}]: only function declarations can be translated")
             continue
-        for declaration in declarations:
+        for j, declaration in enumerate(declarations):
+            if not isinstance(declaration, dict):
+                raise _invalid(f"tools[{i}].functionDeclarations[{j}]", "expected an object")
             parameters = declaration.get("parametersJsonSchema") or declaration.get("parameters")
             request.tools.append(c.Tool(str(declaration.get("name")), declaration.get("description"), parameters))
-    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    config = _object(_object(body, "toolConfig"), "functionCallingConfig", "toolConfig.")
     mode = str(config.get("mode", "AUTO")).upper()
     allowed = config.get("allowedFunctionNames") or []
+    if not isinstance(allowed, list):
+        raise _invalid("toolConfig.functionCallingConfig.allowedFunctionNames", "expected an array of names")
     if mode in ("ANY", "VALIDATED") and len(allowed) == 1:
         request.forced_tool = allowed[0]
     elif mode in ("ANY", "NONE", "AUTO"):
         request.tool_choice = {"ANY": "required", "NONE": "none", "AUTO": "auto"}[mode]
-    generation = body.get("generationConfig") or {}
-    request.max_output_tokens = generation.get("maxOutputTokens")
-    request.temperature, request.top_p = generation.get("temperature"), generation.get("topP")
-    request.stop = generation.get("stopSequences")
+    generation = _object(body, "generationConfig")
+    for key, field, kinds, what in (
+        ("max_output_tokens", "maxOutputTokens", int, "an integer"),
+        ("temperature", "temperature", (int, float), "a number"),
+        ("top_p", "topP", (int, float), "a number"),
+        ("stop", "stopSequences", list, "an array of strings"),
+    ):
+        setattr(request, key, optional(generation, field, kinds, what, _invalid, f"generationConfig.{field}"))
     if generation.get("responseMimeType") == "application/json":
         schema = generation.get("responseJsonSchema") or generation.get("responseSchema")
         request.output_format = (
@@ -590,3 +617,26 @@ class NativeGenerate:
 
     def stream_relay(self, candidate: Candidate) -> GenerateStream:
         return GenerateStream()
+
+
+class NativeCountTokens(NativeGenerate):
+    """`countTokens` to a Gemini connection: the body passes through, the answer comes back as it is."""
+
+    same_model_only = False
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body, stream=False)
+
+    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
+        model = candidate.model.removeprefix("models/")
+        headers = {"Content-Type": "application/json"}
+        return UpstreamCall(f"/models/{model}:countTokens", orjson.dumps(self.body), headers)
+
+    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        if event_stream:
+            raise bad("a Gemini upstream streamed although asked for JSON")
+        parse_object(body, "2xx response body")
+        return body, None
+
+    def features(self) -> c.Features:
+        return c.Features()

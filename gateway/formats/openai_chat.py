@@ -23,7 +23,7 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
-from .common import bad, count, leftover_fields, parse_object
+from .common import bad, count, leftover_fields, optional, parse_object
 
 log = logging.getLogger("gateway.formats.chat")
 
@@ -643,7 +643,7 @@ def parse_chat_request(body: dict[str, Any]) -> c.Request:
     if not isinstance(raw_messages, list):
         raise _invalid("messages", "expected an array")
     request = c.Request([_chat_message(m, f"messages[{i}]", unsupported) for i, m in enumerate(raw_messages)])
-    for i, tool in enumerate(body.get("tools") or []):
+    for i, tool in enumerate(optional(body, "tools", list, "an array", _invalid) or []):
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             unsupported.append(f"tools[{i}]: only function tools can be translated")
@@ -657,9 +657,17 @@ def parse_chat_request(body: dict[str, Any]) -> c.Request:
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         request.forced_tool = choice["function"].get("name")
     request.parallel_tool_calls = body.get("parallel_tool_calls")
-    request.max_output_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    for key in ("temperature", "top_p", "reasoning_effort", "user", "metadata"):
-        setattr(request, key, body.get(key))
+    request.max_output_tokens = optional(body, "max_completion_tokens", int, "an integer", _invalid) or optional(
+        body, "max_tokens", int, "an integer", _invalid
+    )
+    for key, kinds, what in (
+        ("temperature", (int, float), "a number"),
+        ("top_p", (int, float), "a number"),
+        ("reasoning_effort", str, "a string"),
+        ("user", str, "a string"),
+        ("metadata", dict, "an object"),
+    ):
+        setattr(request, key, optional(body, key, kinds, what, _invalid))
     stop = body.get("stop")
     request.stop = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else None
     request.output_format = _chat_format(body.get("response_format"))

@@ -27,7 +27,7 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
-from .common import bad, count, leftover_fields, parse_object
+from .common import bad, count, leftover_fields, optional, parse_object
 
 log = logging.getLogger("gateway.formats.responses")
 
@@ -233,7 +233,7 @@ def parse_request(body: dict[str, Any]) -> c.Request:
         setattr(request, key, body.get(key))
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict):
-        request.reasoning_effort = reasoning.get("effort")
+        request.reasoning_effort = optional(reasoning, "effort", str, "a string", _invalid, "reasoning.effort")
     request.stream = body.get("stream") is True
     if body.get("background"):
         unsupported.append("background: background responses need a native Responses connection")
