@@ -61,6 +61,14 @@ class BreakerState(IntEnum):
     OPEN = 2
 
 
+class Admission(IntEnum):
+    """A breaker's answer to "may a request go?" (falsy: no)."""
+
+    REFUSED = 0
+    PASS = 1
+    PROBE = 2  # the single half-open probe: it must end in an outcome or a release
+
+
 class Breaker:
     """Closed: requests flow and health failures are counted. `failures` of them within `window` seconds
     open it: the connection is skipped until `cooldown` has passed. Then half-open: one probe request is
@@ -78,19 +86,20 @@ class Breaker:
             return BreakerState.HALF_OPEN
         return self.state
 
-    def admit(self, now: float) -> bool:
-        """Whether a request may be sent now (in half-open state: whether it is the probe)."""
+    def admit(self, now: float) -> Admission:
+        """Whether a request may be sent now, and whether it is the half-open probe."""
         state = self.state_at(now)
         if state is BreakerState.CLOSED:
-            return True
+            return Admission.PASS
         if state is BreakerState.OPEN or self.probing:
-            return False
+            return Admission.REFUSED
         self.state, self.probing = BreakerState.HALF_OPEN, True
-        return True
+        return Admission.PROBE
 
-    def force_probe(self) -> None:
+    def force_probe(self) -> Admission:
         """Every candidate's breaker is open: this one, whose cooldown ends soonest, is probed early."""
         self.state, self.probing = BreakerState.HALF_OPEN, True
+        return Admission.PROBE
 
     def record(self, reason: Reason, now: float) -> None:
         """An attempt's outcome. Key trouble is the key pool's business and says nothing either way."""
@@ -102,9 +111,11 @@ class Breaker:
             self.state, self.probing = BreakerState.CLOSED, False
             self._failures.clear()
 
-    def release(self) -> None:
-        """An admitted request ended without an outcome (the client left, the connection was busy)."""
-        self.probing = False
+    def release(self, admission: Admission) -> None:
+        """An admitted request ended without an outcome (the client left, the connection was busy):
+        if it was the probe, the next request may probe."""
+        if admission is Admission.PROBE:
+            self.probing = False
 
     def _failure(self, now: float) -> None:
         if self.settings.failures == 0:

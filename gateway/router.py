@@ -30,7 +30,7 @@ from .errors import ClientApi, ErrorKind, GatewayError, Reason, UpstreamError, r
 from .formats.canonical import Features
 from .presets import WireFormat
 from .record import Attempt, RequestRecord, Usage
-from .reliability import KEY_FAILURES, ConnectionState, retry_wait
+from .reliability import KEY_FAILURES, Admission, ConnectionState, retry_wait
 from .sse import SSEEvent
 from .transport import (
     EventReader,
@@ -404,16 +404,16 @@ class Router:
                 call = relay.upstream_call(candidate)
             except UpstreamError as err:  # the request cannot be expressed for this connection
                 candidate.skip, candidate.why = err.reason, err.message
+        admission = Admission.REFUSED
         if call is not None:
-            if forced:
-                state.breaker.force_probe()
-            elif not state.breaker.admit(loop.time()):
+            admission = state.breaker.force_probe() if forced else state.breaker.admit(loop.time())
+            if not admission:
                 candidate.skip = Reason.BREAKER_OPEN
         limiter = state.limiter if candidate.skip is None else None
         if limiter is not None:
             wait = max(0.0, min(candidate.connection.reliability.queue_timeout, chain.deadline - loop.time()))
             if not await limiter.acquire(wait):
-                state.breaker.release()
+                state.breaker.release(admission)
                 candidate.skip, candidate.why = Reason.BUSY, f"{limiter.limit} requests in flight"
                 limiter = None
         if call is None or candidate.skip is not None:
@@ -422,6 +422,9 @@ class Router:
             return None
         try:
             return await self._tries(request, record, relay, candidate, call, state, chain)
+        except BaseException:  # cancelled (the client left), mid-attempt or mid-wait: no outcome to record
+            state.breaker.release(admission)
+            raise
         finally:
             if limiter is not None:
                 limiter.release()
@@ -468,9 +471,6 @@ class Router:
                     record.connection = connection.name
                     return _as_is(err, connection, record.client_api)
                 break
-            except BaseException:
-                state.breaker.release()
-                raise
             if attempt.reason is not Reason.OK:  # failed after the commit (the commit itself counted as a success)
                 state.breaker.record(attempt.reason, loop.time())
             return response

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.config import BreakerSettings, ConfigError, RetrySettings, parse_config
 from gateway.errors import ErrorKind, Reason, UpstreamError
-from gateway.reliability import Breaker, BreakerState, retry_wait
+from gateway.reliability import Admission, Breaker, BreakerState, retry_wait
 
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_openai import completion, error_handler, stream_handler
@@ -176,8 +176,10 @@ def test_breaker_unit_behaviour():
     breaker.record(Reason.BAD_RESPONSE, 4)
     assert breaker.state_at(4) is BreakerState.OPEN and not breaker.admit(8.9)
     assert breaker.state_at(9) is BreakerState.HALF_OPEN
-    assert breaker.admit(9) and not breaker.admit(9.1)  # one probe at a time
-    breaker.release()  # the probe's client left: another may probe
+    assert breaker.admit(9) is Admission.PROBE and not breaker.admit(9.1)  # one probe at a time
+    breaker.release(Admission.PASS)  # a request that was not the probe ends: the probe is still out
+    assert not breaker.admit(9.15)
+    breaker.release(Admission.PROBE)  # the probe's client left: another may probe
     assert breaker.admit(9.2)
     breaker.record(Reason.SERVER_ERROR, 9.5)
     assert breaker.until == 14.5 and not breaker.admit(14)
@@ -429,3 +431,19 @@ def test_reliability_config_errors(section, message):
     with pytest.raises(ConfigError) as info:
         parse_config(gateway_config(connection("a", "http://127.0.0.1:9/v1"), **section), "g.yaml")
     assert message in str(info.value) and "g.yaml" in str(info.value)
+
+
+async def test_a_probe_whose_client_leaves_frees_the_next_probe(start_upstream, start_gateway):
+    primary = await start_upstream(answers(error_handler(500), slow_ok(0.5), ok("primary back")))
+    secondary = await start_upstream(ok("secondary"))
+    breaker = {"failures": 1, "cooldown": 0.2}
+    gw = await start_gateway(
+        gateway_config(connection("primary", primary, priority=1, breaker=breaker), connection("secondary", secondary))
+    )
+    await post(gw.url)  # opens the breaker
+    await asyncio.sleep(0.25)
+    with pytest.raises(TimeoutError):  # the probe waits on a slow primary; its client gives up meanwhile
+        await asyncio.wait_for(post(gw.url), 0.2)
+    await asyncio.wait_for(primary.disconnected.wait(), 1)
+    _, headers, body = await post(gw.url)
+    assert headers["x-gateway-attempts"] == "primary:ok" and body["choices"][0]["message"]["content"] == "primary back"
