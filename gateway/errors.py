@@ -180,6 +180,23 @@ def _seconds(value: str | None) -> float | None:
     return max(0.0, number) if math.isfinite(number) else None
 
 
+def error_from_payload(error: object) -> UpstreamError:
+    """An `{"error": ...}` object inside a 200 body or a stream event, as an UpstreamError. OpenAI,
+    Anthropic and Gemini error objects all carry `message`; the status comes from a numeric `code`
+    (Gemini) or, from `type` / `code` words, 429 for rate and quota errors, else 500."""
+    if isinstance(error, dict):
+        message = str(error.get("message") or "upstream error")
+        code = error.get("code")
+        status = code if isinstance(code, int) and 400 <= code < 600 else None
+        if status is None:
+            kind = f"{error.get('type') or ''} {code or ''}".lower()
+            status = 429 if "rate" in kind or "quota" in kind else 500
+    else:
+        message, status = str(error), 500
+    reason = classify_status(status, message.encode())
+    return UpstreamError(ErrorKind.PROTOCOL, reason, f"error event from upstream: {message[:200]}")
+
+
 # --- rendering errors in the client's own format -------------------------------------------------
 
 _OPENAI_TYPES = {

@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from .config import GLOB_CHARS, Config, Connection
-from .errors import ClientApi, ErrorKind, GatewayError, Reason, UpstreamError, render_error
+from .errors import ClientApi, ErrorKind, GatewayError, Reason, UpstreamError, error_from_payload, render_error
 from .formats.canonical import Features
 from .presets import WireFormat
 from .record import Attempt, RequestRecord, Usage
@@ -234,6 +234,18 @@ def _timeout(phase: str, seconds: float) -> UpstreamError:
     return UpstreamError(ErrorKind.TIMEOUT, Reason.TIMEOUT, f"no {_PHASE_WORDS[phase]} within {seconds:.3g} s")
 
 
+def _not_a_stream(body: bytes) -> UpstreamError:
+    """A whole body where a stream was asked for: the error it names (a 200 can carry one), else
+    `bad_response`, so the next connection may stream the answer."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("error") is not None:
+        return error_from_payload(parsed["error"])
+    return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "asked for a stream, answered with a whole body")
+
+
 def _scrub(data: bytes, connection: Connection) -> bytes:
     """An upstream may echo the key it was sent; it must never reach a client or a log."""
     for key in connection.api_keys:
@@ -243,8 +255,11 @@ def _scrub(data: bytes, connection: Connection) -> bytes:
 
 
 def _note_failure(attempt: Attempt, error: UpstreamError, connection: Connection) -> None:
+    """The attempt learns its outcome; the error's message loses any key the upstream echoed, since it
+    may end up in the client's answer (`verdict`)."""
+    error.message = _scrub(error.message.encode(), connection).decode()
     attempt.reason = error.reason
-    attempt.detail = _scrub(error.message.encode(), connection).decode()
+    attempt.detail = error.message
     attempt.status = error.status or attempt.status
 
 
@@ -533,6 +548,9 @@ class Router:
                     attempt.status = upstream.status
                     event_stream = is_event_stream(upstream)
                     streaming = relay.stream and event_stream
+                    if relay.stream and not event_stream:  # a client that asked for a stream must get one
+                        phase = "body"
+                        raise _not_a_stream(await read_body(upstream, limits.idle))
                     if streaming:
                         phase = "content"
                         stream = relay.stream_relay(candidate)
@@ -541,8 +559,8 @@ class Router:
                     else:
                         phase = "body"
                         attempt.ttfb = loop.time() - sent
-                        timer.reschedule(min(loop.time() + limits.idle, attempt_end))
-                        body = await read_body(upstream)
+                        timer.reschedule(attempt_end)
+                        body = await read_body(upstream, limits.idle)
             except TimeoutError:
                 raise _timeout(phase, (commit_by if phase != "body" else attempt_end) - sent) from None
             if not streaming:  # an unusable 200 still falls back
@@ -643,6 +661,16 @@ class Router:
             return
         finally:
             watchdog.close()
+        try:  # the upstream had already sent its whole answer (then dropped or stalled): end cleanly
+            trailing = stream.end()
+        except UpstreamError:
+            trailing = None
+        if trailing is not None:
+            try:
+                await response.write(trailing)
+            except ConnectionResetError:
+                record.client_disconnected = True
+            return
         _note_failure(attempt, failure, connection)
         record.failed_after_commit = True
         try:

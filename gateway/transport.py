@@ -148,7 +148,7 @@ class Transport:
                 try:
                     if response.status >= 400:
                         raise await http_error(response)
-                    return await read_body(response)
+                    return await read_body(response, connection.timeout.idle)
                 finally:
                     response.close()
         except TimeoutError:
@@ -197,9 +197,18 @@ def _body_error(exc: aiohttp.ClientError, where: str) -> UpstreamError:
     )
 
 
-async def read_body(response: aiohttp.ClientResponse) -> bytes:
+async def read_body(response: aiohttp.ClientResponse, idle: float) -> bytes:
+    """The whole body; a gap of `idle` seconds between two reads is a timeout (the caller bounds the total)."""
+    chunks = []
     try:
-        return await response.read()
+        while True:
+            async with asyncio.timeout(idle):
+                chunk = await response.content.readany()
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except TimeoutError:
+        raise UpstreamError(ErrorKind.TIMEOUT, Reason.TIMEOUT, f"response body idle for {idle:g} s") from None
     except aiohttp.ClientError as exc:
         raise _body_error(exc, "body") from None
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from ..config import Connection
-from ..errors import ErrorKind, GatewayError, UpstreamError, classify_status
+from ..errors import GatewayError, UpstreamError, error_from_payload
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
@@ -58,21 +58,6 @@ def usage_from(usage: Any) -> Usage | None:
         reasoning_tokens=count(completion, "reasoning_tokens") if isinstance(completion, dict) else 0,
         cached_tokens=count(prompt, "cached_tokens") if isinstance(prompt, dict) else 0,
     )
-
-
-def error_from_payload(error: Any) -> UpstreamError:
-    """An `{"error": ...}` object inside a 200 body or a stream event, as an UpstreamError."""
-    if isinstance(error, dict):
-        message = str(error.get("message") or "upstream error")
-        code = error.get("code")
-        status = code if isinstance(code, int) and 400 <= code < 600 else None
-        if status is None:
-            kind = f"{error.get('type') or ''} {code or ''}".lower()
-            status = 429 if "rate" in kind or "quota" in kind else 500
-    else:
-        message, status = str(error), 500
-    reason = classify_status(status, message.encode())
-    return UpstreamError(ErrorKind.PROTOCOL, reason, f"error event from upstream: {message[:200]}")
 
 
 # --- same format: the byte fast path ----------------------------------------------------------------

@@ -630,10 +630,12 @@ class ResponsesPassthrough:
             return DONE, False
         payload = parse_object(event.data, "stream event")
         kind = payload.get("type")
+        if kind in ("error", "response.failed"):
+            # before the commit the next connection may serve; after it the gateway ends the stream with
+            # its own error events (the upstream's could echo its key), numbered on from the last one sent
+            raise _error_from_event(payload)
         if isinstance(payload.get("sequence_number"), int):
             self.last_sequence = payload["sequence_number"]
-        if kind in ("error", "response.failed") and not self.committed:
-            raise _error_from_event(payload)  # nothing sent yet: the next connection may serve
         response = payload.get("response")
         if kind == "response.created" and isinstance(response, dict):
             self.snapshot = response
