@@ -19,7 +19,7 @@ from .config import GLOB_CHARS, CatalogConfig, Config, Connection
 from .errors import UpstreamError
 from .formats.common import bad
 from .presets import WireFormat
-from .transport import Transport
+from .transport import Transport, scrub_text
 
 log = logging.getLogger("gateway.catalog")
 
@@ -167,7 +167,7 @@ class Catalog:
             models = await list_models(self.transport, connection, self.settings.timeout)
         except UpstreamError as err:
             listing.cooling_until = loop.time() + self.settings.cooldown
-            listing.error = f"{err.reason}: {err.message}"
+            listing.error = f"{err.reason}: {scrub_text(err.message, connection)}"
             self._wake.set()
             log.warning(
                 "model listing of %s failed (%s); serving its %s list for %gs",

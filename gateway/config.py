@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import logging
+import math
 import os
 import re
 import ssl
@@ -274,7 +275,12 @@ class _Reader:
         value = self.get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (integer and not isinstance(value, int))
+            or not math.isfinite(value)
+        ):
             want = "a whole number" if integer else "a number"
             self.fail(f"must be {want}, got {_kind(value)}", f"write {want}, e.g. `{key}: {default}`", key)
         if positive and value <= 0:
@@ -576,8 +582,15 @@ def _reliability(r: _Reader, d: Reliability) -> Reliability:
         breaker=breaker,
         retry=retry,
         max_concurrent=max_concurrent if max_concurrent is not None else d.max_concurrent,
-        queue_timeout=float(r.number("queue_timeout", d.queue_timeout, positive=False)),
+        queue_timeout=_not_negative(r, "queue_timeout", d.queue_timeout),
     )
+
+
+def _not_negative(r: _Reader, key: str, default: float) -> float:
+    value = float(r.number(key, default, positive=False))
+    if value < 0:
+        r.fail(f"must not be negative, got {value:g}", f"e.g. `{key}: {default:g}`", key)
+    return value
 
 
 def _catalog(source: str, data: Any) -> CatalogConfig:
@@ -931,6 +944,8 @@ def _read_yaml(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(
             f"{source}: cannot read the file ({exc.strerror}). Fix: pass an existing file with --config."
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}). Fix: save the file as UTF-8.") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -21,7 +21,7 @@ from .formats.gemini import GeminiUpstream
 from .formats.openai_chat import ChatUpstream
 from .presets import WireFormat
 from .router import Candidate
-from .transport import Transport
+from .transport import Transport, scrub_text
 
 PROMPT = "Hi"
 OUTPUT_BUDGET = 16  # tokens: enough for a greeting, cheap on any price list
@@ -98,7 +98,7 @@ async def probe_connection(
         )
         answer = upstream.parse(body, connection)
     except UpstreamError as err:
-        result.status, result.detail = err.reason.value, err.message
+        result.status, result.detail = err.reason.value, scrub_text(err.message, connection)
         result.model = chosen
         return result
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import IntEnum
 
 from .config import BreakerSettings, Connection, RetrySettings
@@ -61,12 +62,19 @@ class BreakerState(IntEnum):
     OPEN = 2
 
 
-class Admission(IntEnum):
-    """A breaker's answer to "may a request go?" (falsy: no)."""
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A breaker's answer to "may a request go?" (falsy: no). `probe` numbers the half-open probe."""
 
-    REFUSED = 0
-    PASS = 1
-    PROBE = 2  # the single half-open probe: it must end in an outcome or a release
+    allowed: bool
+    probe: int = 0  # this request is probe number `probe` (0: not a probe); it ends in an outcome or a release
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+REFUSED = Admission(False)
+PASS = Admission(True)
 
 
 class Breaker:
@@ -78,7 +86,8 @@ class Breaker:
         self.settings = settings
         self.state = BreakerState.CLOSED
         self.until = 0.0  # loop time the open state ends
-        self.probing = False  # a half-open probe is in flight
+        self.probe = 0  # the number of the half-open probe in flight; 0: none
+        self._probes = 0
         self._failures: deque[float] = deque()
 
     def state_at(self, now: float) -> BreakerState:
@@ -90,38 +99,42 @@ class Breaker:
         """Whether a request may be sent now, and whether it is the half-open probe."""
         state = self.state_at(now)
         if state is BreakerState.CLOSED:
-            return Admission.PASS
-        if state is BreakerState.OPEN or self.probing:
-            return Admission.REFUSED
-        self.state, self.probing = BreakerState.HALF_OPEN, True
-        return Admission.PROBE
+            return PASS
+        if state is BreakerState.OPEN or self.probe:
+            return REFUSED
+        return self._new_probe()
 
-    def force_probe(self) -> Admission:
-        """Every candidate's breaker is open: this one, whose cooldown ends soonest, is probed early."""
-        self.state, self.probing = BreakerState.HALF_OPEN, True
-        return Admission.PROBE
+    def force_probe(self, now: float) -> Admission:
+        """Every candidate's breaker was open: this one, whose cooldown ends soonest, is probed early
+        (or simply used, if another request closed it meanwhile)."""
+        if self.state_at(now) is BreakerState.CLOSED:
+            return PASS
+        return self._new_probe()
+
+    def _new_probe(self) -> Admission:
+        self._probes += 1
+        self.state, self.probe = BreakerState.HALF_OPEN, self._probes
+        return Admission(True, self._probes)
 
     def record(self, reason: Reason, now: float) -> None:
         """An attempt's outcome. Key trouble is the key pool's business and says nothing either way."""
         if reason in HEALTH_FAILURES:
             self._failure(now)
-        elif reason in KEY_FAILURES:
-            self.probing = False
-        else:  # the connection answered (even a client error is an answer)
-            self.state, self.probing = BreakerState.CLOSED, False
+        elif reason not in KEY_FAILURES:  # the connection answered (even a client error is an answer)
+            self.state, self.probe = BreakerState.CLOSED, 0
             self._failures.clear()
 
     def release(self, admission: Admission) -> None:
-        """An admitted request ended without an outcome (the client left, the connection was busy):
-        if it was the probe, the next request may probe."""
-        if admission is Admission.PROBE:
-            self.probing = False
+        """An admitted request is done with this connection: if it was the probe still awaited (no outcome
+        came: the client left, the connection was busy, the deadline passed), the next request may probe."""
+        if admission.probe and admission.probe == self.probe:
+            self.probe = 0
 
     def _failure(self, now: float) -> None:
         if self.settings.failures == 0:
             return
         if self.state is not BreakerState.CLOSED:  # a failed probe (or a late failure): open again
-            self.state, self.probing = BreakerState.OPEN, False
+            self.state, self.probe = BreakerState.OPEN, 0
             self.until = max(self.until, now + self.settings.cooldown)
             return
         self._failures.append(now)

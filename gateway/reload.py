@@ -60,6 +60,9 @@ class ConfigWatcher:
             except ConfigError as exc:
                 log.error("config reload (%s) rejected; the running configuration stays: %s", reason, exc)
                 return str(exc)
+            except Exception as exc:  # nothing a file holds may take the gateway down
+                log.exception("config reload (%s) failed; the running configuration stays", reason)
+                return f"{self.path}: could not be loaded ({type(exc).__name__})"
             old = self.gateway.config
             self.gateway.apply(config)
             log.info("config reloaded (%s): %s", reason, describe_change(old, config))
@@ -81,9 +84,12 @@ class ConfigWatcher:
             await asyncio.sleep(self.gateway.config.server.watch_interval or 1.0)
             if self.gateway.config.server.watch_interval <= 0:
                 continue
-            digest = await asyncio.to_thread(self._digest)
-            if digest is not None and digest != self.loaded_digest:
-                await self.reload("the file changed")
+            try:
+                digest = await asyncio.to_thread(self._digest)
+                if digest is not None and digest != self.loaded_digest:
+                    await self.reload("the file changed")
+            except Exception:  # the watcher outlives whatever one reload ran into
+                log.exception("config reload failed; the running configuration stays")
 
 
 def describe_change(old: Config, new: Config) -> str:

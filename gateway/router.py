@@ -30,7 +30,7 @@ from .errors import ClientApi, ErrorKind, GatewayError, Reason, UpstreamError, e
 from .formats.canonical import Features
 from .presets import WireFormat
 from .record import Attempt, RequestRecord, Usage
-from .reliability import KEY_FAILURES, Admission, ConnectionState, retry_wait
+from .reliability import KEY_FAILURES, REFUSED, BreakerState, ConnectionState, retry_wait
 from .sse import SSEEvent
 from .transport import (
     EventReader,
@@ -40,6 +40,7 @@ from .transport import (
     join_url,
     read_body,
     relayable_headers,
+    scrub,
     upstream_headers,
 )
 
@@ -246,18 +247,10 @@ def _not_a_stream(body: bytes) -> UpstreamError:
     return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "asked for a stream, answered with a whole body")
 
 
-def _scrub(data: bytes, connection: Connection) -> bytes:
-    """An upstream may echo the key it was sent; it must never reach a client or a log."""
-    for key in connection.api_keys:
-        if key.encode() in data:
-            data = data.replace(key.encode(), b"[redacted]")
-    return data
-
-
 def _note_failure(attempt: Attempt, error: UpstreamError, connection: Connection) -> None:
     """The attempt learns its outcome; the error's message loses any key the upstream echoed, since it
     may end up in the client's answer (`verdict`)."""
-    error.message = _scrub(error.message.encode(), connection).decode()
+    error.message = scrub(error.message.encode(), connection).decode()
     attempt.reason = error.reason
     attempt.detail = error.message
     attempt.status = error.status or attempt.status
@@ -274,9 +267,9 @@ def _as_is(error: UpstreamError, connection: Connection, client_api: ClientApi) 
     status = error.status or 400
     if _CLIENT_WIRE[client_api] is connection.wire_format:
         content_type = error.content_type or "application/json"
-        return web.Response(status=status, body=_scrub(error.body, connection), headers={"Content-Type": content_type})
+        return web.Response(status=status, body=scrub(error.body, connection), headers={"Content-Type": content_type})
     message = _upstream_message(error.body) or error.message
-    body = render_error(client_api, status, _scrub(f"{connection.name}: {message}".encode(), connection).decode())
+    body = render_error(client_api, status, scrub(f"{connection.name}: {message}".encode(), connection).decode())
     return web.Response(status=status, body=body, headers={"Content-Type": "application/json"})
 
 
@@ -419,30 +412,29 @@ class Router:
                 call = relay.upstream_call(candidate)
             except UpstreamError as err:  # the request cannot be expressed for this connection
                 candidate.skip, candidate.why = err.reason, err.message
-        admission = Admission.REFUSED
+        admission = REFUSED
         if call is not None:
-            admission = state.breaker.force_probe() if forced else state.breaker.admit(loop.time())
+            now = loop.time()
+            admission = state.breaker.force_probe(now) if forced else state.breaker.admit(now)
             if not admission:
                 candidate.skip = Reason.BREAKER_OPEN
-        limiter = state.limiter if candidate.skip is None else None
-        if limiter is not None:
-            wait = max(0.0, min(candidate.connection.reliability.queue_timeout, chain.deadline - loop.time()))
-            if not await limiter.acquire(wait):
-                state.breaker.release(admission)
-                candidate.skip, candidate.why = Reason.BUSY, f"{limiter.limit} requests in flight"
-                limiter = None
-        if call is None or candidate.skip is not None:
-            record.attempts.append(Attempt(name, candidate.skip or Reason.UNSUPPORTED, skipped=True))
-            chain.skipped.append(candidate)
-            return None
-        try:
+        limiter = None
+        try:  # from here on, a probe that ends without an outcome (busy, cancelled, out of time) is released
+            if candidate.skip is None and state.limiter is not None:
+                wait = max(0.0, min(candidate.connection.reliability.queue_timeout, chain.deadline - loop.time()))
+                if await state.limiter.acquire(wait):
+                    limiter = state.limiter
+                else:
+                    candidate.skip, candidate.why = Reason.BUSY, f"{state.limiter.limit} requests in flight"
+            if call is None or candidate.skip is not None:
+                record.attempts.append(Attempt(name, candidate.skip or Reason.UNSUPPORTED, skipped=True))
+                chain.skipped.append(candidate)
+                return None
             return await self._tries(request, record, relay, candidate, call, state, chain)
-        except BaseException:  # cancelled (the client left), mid-attempt or mid-wait: no outcome to record
-            state.breaker.release(admission)
-            raise
         finally:
             if limiter is not None:
                 limiter.release()
+            state.breaker.release(admission)
 
     async def _tries(
         self,
@@ -470,13 +462,14 @@ class Router:
                 last = err
                 _note_failure(attempt, err, connection)
                 state.breaker.record(err.reason, loop.time())
+                more = state.breaker.state_at(loop.time()) is not BreakerState.OPEN  # open: no more tries here
                 if err.reason in KEY_FAILURES and key is not None:
                     state.keys.penalize(key, err, loop.time())
                     tried.add(key)
-                    if state.keys.another(loop.time(), tried):  # this connection's next key before the next one
+                    if more and state.keys.another(loop.time(), tried):  # its next key before the next connection
                         attempt.rotated = True
                         continue
-                wait = retry_wait(err, connection.reliability.retry, retries)
+                wait = retry_wait(err, connection.reliability.retry, retries) if more else None
                 if wait is not None and loop.time() + wait < chain.deadline:
                     retries += 1
                     attempt.retried = True
@@ -675,7 +668,7 @@ class Router:
         record.failed_after_commit = True
         try:
             async with asyncio.timeout(ERROR_WRITE_SECONDS):
-                await response.write(_scrub(stream.error(failure, connection.name), connection))
+                await response.write(scrub(stream.error(failure, connection.name), connection))
         except (ConnectionResetError, TimeoutError):
             record.client_disconnected = True
             if request.transport is not None:

@@ -62,6 +62,18 @@ def upstream_headers(
     return headers
 
 
+def scrub(data: bytes, connection: Connection) -> bytes:
+    """An upstream may echo the key it was sent; it must never reach a client or a log."""
+    for key in connection.api_keys:
+        if key.encode() in data:
+            data = data.replace(key.encode(), b"[redacted]")
+    return data
+
+
+def scrub_text(text: str, connection: Connection) -> str:
+    return scrub(text.encode(), connection).decode()
+
+
 def relayable_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in DROPPED_RESPONSE_HEADERS}
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.config import BreakerSettings, ConfigError, RetrySettings, parse_config
 from gateway.errors import ErrorKind, Reason, UpstreamError
-from gateway.reliability import Admission, Breaker, BreakerState, retry_wait
+from gateway.reliability import PASS, Breaker, BreakerState, retry_wait
 
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_openai import completion, error_handler, stream_handler
@@ -176,11 +176,16 @@ def test_breaker_unit_behaviour():
     breaker.record(Reason.BAD_RESPONSE, 4)
     assert breaker.state_at(4) is BreakerState.OPEN and not breaker.admit(8.9)
     assert breaker.state_at(9) is BreakerState.HALF_OPEN
-    assert breaker.admit(9) is Admission.PROBE and not breaker.admit(9.1)  # one probe at a time
-    breaker.release(Admission.PASS)  # a request that was not the probe ends: the probe is still out
+    probe = breaker.admit(9)
+    assert probe.probe and not breaker.admit(9.1)  # one probe at a time
+    breaker.release(PASS)  # a request that was not the probe ends: the probe is still out
+    breaker.record(Reason.RATE_LIMITED, 9.12)  # nor does key trouble (of any request) free it
     assert not breaker.admit(9.15)
-    breaker.release(Admission.PROBE)  # the probe's client left: another may probe
-    assert breaker.admit(9.2)
+    breaker.release(probe)  # the probe's client left: another may probe
+    second = breaker.admit(9.2)
+    assert second.probe and second.probe != probe.probe
+    breaker.release(probe)  # a stale release does not free the new probe
+    assert not breaker.admit(9.3)
     breaker.record(Reason.SERVER_ERROR, 9.5)
     assert breaker.until == 14.5 and not breaker.admit(14)
     off = Breaker(BreakerSettings(failures=0))
