@@ -109,7 +109,8 @@ class CertificateAuthority:
                 "and run `python -m gateway ca init` (clients must then trust the new CA)"
             )
         try:
-            if key_path.stat().st_mode & 0o077:
+            # World access is a mistake; group read is how Kubernetes mounts a Secret for a pod's fsGroup.
+            if key_path.stat().st_mode & 0o007:
                 log.warning("%s is readable by other users: chmod 600 %s", key_path, key_path)
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

@@ -10,12 +10,15 @@ test fails and says so, rather than skipping.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import posixpath
 import re
+import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,7 +33,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import parse_config
+from gateway.ca import CERT_FILE, KEY_FILE
+from gateway.config import DEFAULT_INTERCEPT, parse_config
 
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_openai import completion, error_handler, json_handler
@@ -41,6 +45,8 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 KUBERNETES = DEPLOY / "kubernetes"
 SHARED = KUBERNETES / "shared"
 SIDECAR = KUBERNETES / "sidecar"
+SIDECAR_PROXY = KUBERNETES / "sidecar-proxy"
+EXAMPLES = (SHARED, SIDECAR, SIDECAR_PROXY)
 RULES = DEPLOY / "prometheus" / "gateway-rules.yaml"
 RULE_TESTS = DEPLOY / "prometheus" / "gateway-rules.test.yaml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yaml"
@@ -176,6 +182,16 @@ def by_kind(directory: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def by_name(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) -> document, for directories with more than one of a kind."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for path, doc in documents(directory):
+        key = (doc["kind"], doc.get("metadata", {}).get("name", ""))
+        assert key not in found, f"{path}: a second {key}"
+        found[key] = doc
+    return found
+
+
 # No registry package bundles the Prometheus Operator's CRD schemas offline (kubernetes-validate has
 # Kubernetes' own kinds only): the ServiceMonitor is held to this subset of its CRD, the fields used
 # here with the CRD's types and patterns; the PrometheusRule's spec is a rules file, which promtool
@@ -236,7 +252,7 @@ def validate_custom(doc: dict[str, Any], where: str) -> None:
 
 def test_manifests_pass_the_kubernetes_schemas():
     checked = set()
-    for directory in (SHARED, SIDECAR):
+    for directory in EXAMPLES:
         for path, doc in documents(directory):
             where = f"{path.relative_to(ROOT)} ({doc['kind']})"
             if doc["kind"] == "Kustomization":
@@ -267,18 +283,39 @@ def test_the_schema_checks_catch_mistakes():
         validate_custom({**monitor, "spec": {**monitor["spec"], "selector": {"matchLabel": {}}}}, "broken")
 
 
-def test_kustomizations_list_every_manifest():
-    for directory in (SHARED, SIDECAR):
-        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-        listed = set(kustomization["resources"])
-        present = {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
-        assert listed == present, directory
+@pytest.mark.parametrize("directory", EXAMPLES, ids=lambda d: d.name)
+def test_kustomizations_list_every_manifest(directory):
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    present = {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present, directory
 
 
 def gateway_container(pod: dict[str, Any]) -> dict[str, Any]:
-    containers = pod.get("containers", []) + pod.get("initContainers", [])
-    (container,) = [c for c in containers if c.get("image", "").startswith("ai-gateway")]
+    """The gateway that serves: a container, or a native sidecar (an init container with
+    restartPolicy: Always); init containers that run to completion from the same image are not it."""
+    sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+    (container,) = [c for c in pod.get("containers", []) + sidecars if c.get("image", "").startswith("ai-gateway")]
     return container
+
+
+def mounted(pod: dict[str, Any], container: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """(the pod's volume, the path inside it) that `path` is in `container`; fails when nothing is
+    mounted there."""
+    mounts = [m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mounts, f"container {container['name']}: nothing is mounted at {path}"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    return volume, path[len(mount["mountPath"].rstrip("/")) + 1 :]
+
+
+def secret_files(volume: dict[str, Any], secrets: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """path in a Secret volume -> the Secret's key it holds (every key, or the volume's `items`)."""
+    source = volume["secret"]
+    keys = set(secrets[source["secretName"]]["stringData"])
+    items = source.get("items") or [{"key": key, "path": key} for key in keys]
+    assert {item["key"] for item in items} <= keys, (volume["name"], keys)
+    return {item["path"]: item["key"] for item in items}
 
 
 def embedded_config(configmap: dict[str, Any]) -> Any:
@@ -289,10 +326,8 @@ def config_file(pod: dict[str, Any], configmaps: dict[str, dict[str, Any]]) -> t
     """The ConfigMap and key the gateway container reads its --config from."""
     container = gateway_container(pod)
     args = container["args"]
-    path = args[args.index("--config") + 1]
-    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
-    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    return configmaps[volume["configMap"]["name"]], path[len(mount["mountPath"]) + 1 :]
+    volume, key = mounted(pod, container, args[args.index("--config") + 1])
+    return configmaps[volume["configMap"]["name"]], key
 
 
 def check_pod(pod: dict[str, Any], configmap: dict[str, Any], key: str, secret: dict[str, Any], monkeypatch) -> Any:
@@ -378,21 +413,162 @@ def test_shared_service_manifests(monkeypatch):
     assert kinds["PrometheusRule"]["spec"] == yaml.safe_load(RULES.read_text())
 
 
-def test_sidecar_manifests(monkeypatch):
-    kinds = by_kind(SIDECAR)
-    template = kinds["Deployment"]["spec"]["template"]
-    pod = template["spec"]
-    configmap, key = config_file(pod, {kinds["ConfigMap"]["metadata"]["name"]: kinds["ConfigMap"]})
-    config = check_pod(pod, configmap, key, kinds["Secret"], monkeypatch)
-    # No client keys: only the pod's own containers (loopback) are served; /metrics and probes are public.
-    assert config.auth.client_keys == ()
-    sidecar = gateway_container(pod)
-    assert sidecar in pod["initContainers"] and sidecar["restartPolicy"] == "Always"  # a native sidecar
+def sidecar_example(directory: Path) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(every document by kind and name, the Deployment's pod template, the ConfigMap the gateway reads)."""
+    docs = by_name(directory)
+    (deployment,) = [doc for (kind, _), doc in docs.items() if kind == "Deployment"]
+    template = deployment["spec"]["template"]
+    configmaps = {name: doc for (kind, name), doc in docs.items() if kind == "ConfigMap"}
+    configmap, key = config_file(template["spec"], configmaps)
+    assert key == "gateway.yaml"
+    return docs, template, configmap
+
+
+def app_env(pod: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     (app,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in app["env"]}
+    return app, {e["name"]: e["value"] for e in app["env"]}
+
+
+def check_base_url_app(docs: dict[tuple[str, str], dict[str, Any]], pod: dict[str, Any], config: Any) -> None:
+    _, env = app_env(pod)
     assert env["OPENAI_BASE_URL"] == f"http://127.0.0.1:{config.server.port}/v1"
     assert env["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{config.server.port}"
+
+
+def trust_bundle_command(pod: dict[str, Any]) -> tuple[dict[str, Any], list[str], str]:
+    """The init container that writes the trust bundle: (it, the gateway command it runs, the file it
+    writes). Its shell script must be exactly `python -m gateway ... > FILE`."""
+    gateway = gateway_container(pod)
+    (init,) = [c for c in pod["initContainers"] if c is not gateway]
+    assert init["image"] == gateway["image"] and "args" not in init
+    shell, flag, script = init["command"]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    *command, redirect, target = shlex.split(script)
+    assert redirect == ">" and not set("<>|;&$`") & set("".join(command)), script
+    return init, command, target
+
+
+def check_proxy_app(docs: dict[tuple[str, str], dict[str, Any]], pod: dict[str, Any], config: Any) -> None:
+    secrets = {name: doc for (kind, name), doc in docs.items() if kind == "Secret"}
+    proxy = config.proxy
+    assert proxy.enabled and proxy.host == "127.0.0.1" and not proxy.auth  # the pod's loopback only
+    assert proxy.intercept == dict.fromkeys(DEFAULT_INTERCEPT, "managed")
+    app, env = app_env(pod)
+    assert env["HTTPS_PROXY"] == f"http://{proxy.host}:{proxy.port}"
+    assert {"localhost", "127.0.0.1"} <= set(env["NO_PROXY"].split(","))
+
+    # The gateway finds the CA (both files, from the CA Secret) at proxy.ca_dir, relative to WORKDIR.
+    gateway = gateway_container(pod)
+    ca_dir = posixpath.join(dict(final_stage())["WORKDIR"], proxy.ca_dir)
+    ca_volume, _ = mounted(pod, gateway, f"{ca_dir}/{KEY_FILE}")
+    assert set(secrets[ca_volume["secret"]["secretName"]]["stringData"]) == {CERT_FILE, KEY_FILE}
+    for name in (CERT_FILE, KEY_FILE):
+        assert mounted(pod, gateway, f"{ca_dir}/{name}") == (ca_volume, name)
+        assert secret_files(ca_volume, secrets)[name] == name
+    # Secret files belong to root: the gateway (uid 10001) reads the key through the pod's fsGroup,
+    # other users cannot.
+    mode = ca_volume["secret"]["defaultMode"]
+    assert pod["securityContext"].get("fsGroup") == gateway["securityContext"]["runAsGroup"]
+    assert mode & 0o040 and not mode & 0o007, oct(mode)
+
+    # The init container runs `ca export --bundle` with the gateway's config and CA, into an emptyDir.
+    init, command, target = trust_bundle_command(pod)
+    assert command[:-1] == ["python", "-m", "gateway", "ca", "export", "--bundle", "--config"], command
+    gateway_args = gateway["args"]
+    gateway_config_path = gateway_args[gateway_args.index("--config") + 1]
+    assert mounted(pod, init, command[-1]) == mounted(pod, gateway, gateway_config_path)
+    assert mounted(pod, init, f"{ca_dir}/{KEY_FILE}") == (ca_volume, KEY_FILE)
+    bundle_volume, bundle_path = mounted(pod, init, target)
+    assert "emptyDir" in bundle_volume
+    assert init["securityContext"] == gateway["securityContext"]
+
+    # The app's trust variables name files that are mounted in the app: the bundle the init container
+    # wrote, and the CA certificate alone from the CA Secret. The app never sees the key.
+    for variable in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        assert mounted(pod, app, env[variable]) == (bundle_volume, bundle_path), variable
+    cert_volume, cert_path = mounted(pod, app, env["NODE_EXTRA_CA_CERTS"])
+    assert cert_volume.get("secret", {}).get("secretName") == ca_volume["secret"]["secretName"], cert_volume
+    assert secret_files(cert_volume, secrets) == {cert_path: CERT_FILE}
+    for mount in app["volumeMounts"]:
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert mount.get("readOnly") is True, mount
+        assert "secret" not in volume or KEY_FILE not in secret_files(volume, secrets).values(), mount
+
+
+@pytest.mark.parametrize(
+    ("directory", "check_app"),
+    [
+        pytest.param(SIDECAR, check_base_url_app, id="base-url"),
+        pytest.param(SIDECAR_PROXY, check_proxy_app, id="https-proxy"),
+    ],
+)
+def test_sidecar_manifests(directory, check_app, monkeypatch):
+    docs, template, configmap = sidecar_example(directory)
+    pod = template["spec"]
+    sidecar = gateway_container(pod)
+    (source,) = sidecar["envFrom"]
+    config = check_pod(pod, configmap, "gateway.yaml", docs["Secret", source["secretRef"]["name"]], monkeypatch)
+    # No client keys: only the pod's own containers (loopback) are served; /metrics and probes are public.
+    assert config.auth.client_keys == ()
+    assert sidecar in pod["initContainers"] and sidecar["restartPolicy"] == "Always"  # a native sidecar
     check_scrape_annotations(template, config.server.port)
+    check_app(docs, pod, config)
+
+
+def test_the_sidecar_proxy_checks_catch_mistakes():
+    """A trust variable naming a file nothing mounts, a key other users can read or the gateway cannot,
+    the key reaching the app, or an init container exporting the CA alone: check_proxy_app fails."""
+    docs, template, configmap = sidecar_example(SIDECAR_PROXY)
+    pod, config = template["spec"], embedded_config(configmap)
+
+    def env(value: str, name: str = "SSL_CERT_FILE") -> Any:
+        return lambda pod: next(e for e in pod["containers"][0]["env"] if e["name"] == name).update(value=value)
+
+    def volume(name: str, **change: Any) -> Any:
+        return lambda pod: next(v for v in pod["volumes"] if v["name"] == name)["secret"].update(change)
+
+    def command(script: str) -> Any:
+        return lambda pod: next(c for c in pod["initContainers"] if "command" in c)["command"].__setitem__(2, script)
+
+    check_proxy_app(docs, pod, config)
+    script = next(c for c in pod["initContainers"] if "command" in c)["command"][2]
+    for mistake in (
+        env("/etc/ssl/certs/gateway-bundle.pem"),
+        env("/etc/gateway-trust/ca-bundle.pem", "NODE_EXTRA_CA_CERTS"),
+        volume("gateway-ca", defaultMode=0o444),
+        lambda pod: pod["securityContext"].pop("fsGroup"),
+        volume("gateway-ca-cert", items=None),
+        command(script.replace(" --bundle", "")),
+        command(script.replace(">", ">>")),
+    ):
+        broken = copy.deepcopy(pod)
+        mistake(broken)
+        with pytest.raises(AssertionError):
+            check_proxy_app(docs, broken, config)
+
+
+def test_the_sidecar_proxy_init_container_writes_a_bundle_with_the_gateway_ca(tmp_path):
+    """The init container's command, run here against a CA made by `ca init` and the ConfigMap's
+    config (its ca_dir moved to a temporary directory), writes a bundle that trusts the system's CAs
+    and the gateway's."""
+    _, template, configmap = sidecar_example(SIDECAR_PROXY)
+    config = yaml.safe_load(configmap["data"]["gateway.yaml"])
+    config["proxy"]["ca_dir"] = str(tmp_path / "ca")
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = run(sys.executable, "-m", "gateway", "ca", "init", "--config", str(config_path))
+    assert result.returncode == 0, result.stderr
+
+    _, command, _ = trust_bundle_command(template["spec"])
+    assert command[0] == "python"
+    result = run(sys.executable, *command[1:-1], str(config_path))
+    assert result.returncode == 0, result.stderr
+    ca_pem = (tmp_path / "ca" / CERT_FILE).read_text()
+    assert ca_pem.strip() in result.stdout
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(result.stdout)
+    context = ssl.create_default_context(cafile=str(bundle))
+    assert context.cert_store_stats()["x509_ca"] > 1  # the system's CAs too, not the gateway's alone
 
 
 # --- Prometheus rules ------------------------------------------------------------------------------
