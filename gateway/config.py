@@ -229,9 +229,13 @@ class Config:
     reliability: Reliability = Reliability()
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    _by_name: dict[str, Connection] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {c.name: c for c in self.connections}
 
     def connection(self, name: str) -> Connection:
-        return next(c for c in self.connections if c.name == name)
+        return self._by_name[name]
 
 
 # --- reading helpers --------------------------------------------------------------------------------

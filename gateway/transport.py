@@ -211,11 +211,15 @@ def _body_error(exc: aiohttp.ClientError, where: str) -> UpstreamError:
 
 async def read_body(response: aiohttp.ClientResponse, idle: float) -> bytes:
     """The whole body; a gap of `idle` seconds between two reads is a timeout (the caller bounds the total)."""
+    content = response.content
     chunks = []
     try:
         while True:
+            if content.is_eof():  # the rest is here already (small bodies arrive with their headers)
+                chunks.append(content.read_nowait())
+                return b"".join(chunks)
             async with asyncio.timeout(idle):
-                chunk = await response.content.readany()
+                chunk = await content.readany()
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)

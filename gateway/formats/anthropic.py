@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,17 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
-from .common import bad, call_arguments, count, leftover_fields, loads_object, optional, parse_object, unsupported
+from .common import (
+    bad,
+    call_arguments,
+    count,
+    leftover_fields,
+    loads_object,
+    optional,
+    parse_object,
+    random_hex,
+    unsupported,
+)
 
 log = logging.getLogger("gateway.formats.anthropic")
 
@@ -484,7 +493,7 @@ def _usageparse_object(usage: Usage | None) -> dict[str, Any]:
 
 
 def new_message_id() -> str:
-    return f"msg_{secrets.token_hex(12)}"
+    return f"msg_{random_hex(12)}"
 
 
 class AnthropicClient:

@@ -9,7 +9,6 @@ Clients of other formats have no field for it, so it rides inside the tool-call 
 from __future__ import annotations
 
 import re
-import secrets
 from typing import Any
 
 import orjson
@@ -21,7 +20,17 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
-from .common import bad, call_arguments, count, leftover_fields, loads_object, optional, parse_object, unsupported
+from .common import (
+    bad,
+    call_arguments,
+    count,
+    leftover_fields,
+    loads_object,
+    optional,
+    parse_object,
+    random_hex,
+    unsupported,
+)
 
 SIGNATURE_SEPARATOR = "__thought__"
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
@@ -228,7 +237,7 @@ class GeminiDecoder:
         if isinstance(call, dict):
             index = self.calls
             self.calls += 1
-            call_id = str(call.get("id") or f"gemini-{secrets.token_hex(8)}")
+            call_id = str(call.get("id") or f"gemini-{random_hex(8)}")
             signature = part.get("thoughtSignature")
             signature = signature if isinstance(signature, str) else None
             start = c.ToolCallStart(index, join_signature(call_id, signature), str(call.get("name")))
@@ -497,7 +506,7 @@ class GeminiClient:
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.id = secrets.token_hex(12)
+        self.id = random_hex(12)
 
     def chunk(
         self, parts: list[dict[str, Any]], finish: str | None = None, usage: Usage | None = None

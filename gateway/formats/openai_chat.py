@@ -10,7 +10,6 @@ As an upstream format for translated requests: `build_request`, `parse_response`
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
-from .common import bad, count, leftover_fields, optional, parse_object
+from .common import bad, count, leftover_fields, optional, parse_object, random_hex
 
 log = logging.getLogger("gateway.formats.chat")
 
@@ -672,7 +671,7 @@ class ChatClient:
     def __init__(self, model: str, wants_usage: bool) -> None:
         self.model = model
         self.wants_usage = wants_usage
-        self.id = f"chatcmpl-{secrets.token_hex(12)}"
+        self.id = f"chatcmpl-{random_hex(12)}"
         self.created = int(time.time())
 
     def render(self, response: c.Response) -> bytes:

@@ -12,7 +12,6 @@ types; where they disagree the choice is noted (reasoning deltas: the live API's
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
-from .common import bad, count, leftover_fields, optional, parse_object
+from .common import bad, count, leftover_fields, optional, parse_object, random_hex
 
 log = logging.getLogger("gateway.formats.responses")
 
@@ -59,7 +58,7 @@ HANDLED = frozenset(
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(24)}"
+    return f"{prefix}_{random_hex(24)}"
 
 
 # --- request: Responses -> canonical ------------------------------------------------------------
