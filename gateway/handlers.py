@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -236,24 +237,31 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return await _serve(request, record, relay, model, body)
 
 
-async def count_tokens(request: web.Request) -> web.Response:
-    """POST /v1/messages/count_tokens: asked of an Anthropic connection when the model has one,
-    otherwise the documented estimate (about four characters per token)."""
-    gateway = request.app[GATEWAY]
-    record: RequestRecord = request[RECORD]
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """POST /v1/messages/count_tokens (an Anthropic connection's count, or the estimate)."""
     body = await read_json_object(request)
     model = _require(body, "model", str, "a string")
     _require(body, "messages", list, "an array of messages")
     native = NativeMessages(body, request.headers, path="/messages/count_tokens")
+    return await _token_count(
+        request, model, native, "input_tokens", lambda: request_chars(parse_messages_request(body))
+    )
+
+
+async def _token_count(
+    request: web.Request, model: str, native: Relay, field: str, chars: Callable[[], int]
+) -> web.StreamResponse:
+    """A token count: asked of a connection of the client's own format when the model has one,
+    otherwise the documented estimate (about four characters per token), marked as such."""
+    gateway = request.app[GATEWAY]
     try:
         candidates = [c for c in plan(gateway.config, model, native) if c.skip is None]
     except GatewayError:
         candidates = []
     if candidates:
-        record.model = model
-        return await gateway.router.serve(request, record, native, candidates)
-    estimate = estimate_tokens(request_chars(parse_messages_request(body)))
-    return _json({"input_tokens": estimate}, headers={"x-gateway-usage": "estimated"})
+        request[RECORD].model = model
+        return await gateway.router.serve(request, request[RECORD], native, candidates)
+    return _json({field: estimate_tokens(chars())}, headers={"x-gateway-usage": "estimated"})
 
 
 async def generate_content(request: web.Request) -> web.StreamResponse:
@@ -268,7 +276,7 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
         )
     body = await read_json_object(request)
     if method == "countTokens":
-        return await _gemini_count_tokens(request, record, model, body)
+        return await _gemini_count_tokens(request, model, body)
     sse = method == "streamGenerateContent" and request.query.get("alt") == "sse"
     client = GeminiClient(model)
     bridge = Bridge(
@@ -281,23 +289,14 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _gemini_count_tokens(
-    request: web.Request, record: RequestRecord, model: str, body: dict[str, Any]
-) -> web.StreamResponse:
-    """POST .../models/{model}:countTokens: asked of a Gemini connection when the model has one,
-    otherwise the documented estimate (about four characters per token)."""
-    gateway = request.app[GATEWAY]
-    native = NativeCountTokens(body)
-    try:
-        candidates = [c for c in plan(gateway.config, model, native) if c.skip is None]
-    except GatewayError:
-        candidates = []
-    if candidates:
-        record.model = model
-        return await gateway.router.serve(request, record, native, candidates)
+async def _gemini_count_tokens(request: web.Request, model: str, body: dict[str, Any]) -> web.StreamResponse:
+    """POST .../models/{model}:countTokens (a Gemini connection's count, or the estimate)."""
     inner = body.get("generateContentRequest")  # the other documented shape: a whole generateContent request
-    estimate = estimate_tokens(request_chars(parse_generate_request(inner if isinstance(inner, dict) else body, False)))
-    return _json({"totalTokens": estimate}, headers={"x-gateway-usage": "estimated"})
+    counted = inner if isinstance(inner, dict) else body
+    return await _token_count(
+        request, model, NativeCountTokens(body), "totalTokens",
+        lambda: request_chars(parse_generate_request(counted, False)),
+    )  # fmt: skip
 
 
 async def _serve(

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_openai import completion, error_handler
+from .test_reliability import answers
 from .test_reload import (
     file_gateway,  # noqa: F401  (fixture)
     two_connections,
@@ -27,18 +28,6 @@ async def post(url: str, body: dict | None = None) -> tuple[int, dict, dict]:
         session.post(f"{url}/v1/chat/completions", json=body or CHAT, headers=AUTH) as response,
     ):
         return response.status, dict(response.headers), orjson.loads(await response.read())
-
-
-def answers(*handlers):
-    """The n-th request gets the n-th handler (the last one repeats)."""
-    calls = {"n": 0}
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        index = min(calls["n"], len(handlers) - 1)
-        calls["n"] += 1
-        return await handlers[index](request)
-
-    return handler
 
 
 def ok(text: str, delay: float = 0.0):
