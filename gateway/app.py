@@ -13,7 +13,6 @@ from . import admin, handlers
 from .catalog import Catalog
 from .config import Config
 from .errors import GatewayError
-from .logs import log_request
 from .metrics import Metrics
 from .proxy import ProxySite
 from .record import RequestRecord
@@ -49,8 +48,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         return await handler(request)
     if gateway.config.logging.bodies:
         record.response_body = bytearray()
-    inflight = gateway.metrics.inflight
-    inflight.add((route,), 1)
+    gateway.begin(record)
     response: web.StreamResponse | None = None
     try:
         _check_header_size(request, gateway.config.limits.max_header_bytes)
@@ -75,11 +73,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         log.exception("internal error serving request %s", record.request_id)
         response = handlers.error_response(record.client_api, GatewayError(500, "Internal gateway error."))
     finally:
-        inflight.add((route,), -1)
-        record.status = response.status if response is not None else 499  # 499: the client went away
-        duration = loop.time() - record.started
-        gateway.metrics.observe(record, duration)
-        log_request(record, duration)
+        gateway.finish(record, response)
     return response
 
 

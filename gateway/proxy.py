@@ -47,7 +47,6 @@ from . import handlers
 from .ca import CAError, CertificateAuthority, system_bundle
 from .config import HOST_RE, Config, ProxyConfig
 from .errors import GatewayError, Reason, classify_status
-from .logs import log_request
 from .metrics import Counter
 from .record import Attempt, RequestRecord
 from .state import GATEWAY, Gateway
@@ -240,8 +239,7 @@ class Observer:
             client_api=handlers.client_api_for(request),
             started=loop.time(),
         )
-        metrics = self.gateway.metrics
-        metrics.inflight.add((OBSERVE_ROUTE,), 1)
+        self.gateway.begin(record)
         response: web.StreamResponse | None = None
         try:
             response = await self._forward(host, request, record)
@@ -251,11 +249,7 @@ class Observer:
             record.client_disconnected = True
             raise
         finally:
-            metrics.inflight.add((OBSERVE_ROUTE,), -1)
-            record.status = response.status if response is not None else 499
-            duration = loop.time() - record.started
-            metrics.observe(record, duration)
-            log_request(record, duration)
+            self.gateway.finish(record, response)
         return response
 
     async def _forward(self, host: str, request: web.BaseRequest, record: RequestRecord) -> web.StreamResponse:

@@ -35,13 +35,10 @@ from .sse import SSEEvent
 from .transport import (
     EventReader,
     Transport,
-    http_error,
     is_event_stream,
-    join_url,
     read_body,
     relayable_headers,
     scrub,
-    upstream_headers,
 )
 
 
@@ -497,20 +494,18 @@ class Router:
         chain_deadline: float,
     ) -> aiohttp.ClientResponse:
         """Send one upstream request and wait for its headers; raises UpstreamError for a non-2xx."""
-        headers = upstream_headers(connection, request.headers, record.request_id, key)
-        headers.update(call.headers)
-        url = join_url(connection.base_url or "", call.path)
         remaining = chain_deadline - asyncio.get_running_loop().time()
-        response = await self.transport.send(
+        return await self.transport.open(
+            connection,
             method,
-            url,
-            headers,
+            call.path,
             call.body or None,
+            key=key,
             connect_timeout=max(0.001, min(connection.timeout.connect, remaining)),
+            headers=call.headers,
+            client_headers=request.headers,
+            request_id=record.request_id,
         )
-        if response.status >= 400:
-            raise await http_error(response)
-        return response
 
     async def _attempt(
         self,

@@ -10,6 +10,7 @@ from aiohttp import web
 from .auth import ClientAuth
 from .catalog import Catalog
 from .config import Config
+from .logs import log_request
 from .metrics import Metrics
 from .record import RequestRecord
 from .reliability import ConnectionStates
@@ -37,6 +38,19 @@ class Gateway:
     def __post_init__(self) -> None:
         self.metrics.health = lambda: self.states.health(asyncio.get_running_loop().time())
         self.apply(self.config)
+
+    def begin(self, record: RequestRecord) -> None:
+        """A request is in progress (the inflight gauge); `finish` must follow."""
+        self.metrics.inflight.add((record.route,), 1)
+
+    def finish(self, record: RequestRecord, response: web.StreamResponse | None) -> None:
+        """The bookkeeping every request ends with: its status (499: the client went away), metrics,
+        the log line. Runs after the client has its answer."""
+        self.metrics.inflight.add((record.route,), -1)
+        record.status = response.status if response is not None else 499
+        duration = asyncio.get_running_loop().time() - record.started
+        self.metrics.observe(record, duration)
+        log_request(record, duration)
 
     def apply(self, config: Config) -> None:
         """Switch to `config` in one step (nothing here awaits): requests already routed finish on the

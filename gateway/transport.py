@@ -135,6 +135,28 @@ class Transport:
                 ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"request failed ({type(exc).__name__})"
             ) from None
 
+    async def open(
+        self,
+        connection: Connection,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        key: str | None,
+        connect_timeout: float,
+        headers: Mapping[str, str] | None = None,
+        client_headers: Mapping[str, str] | None = None,
+        request_id: str = "gateway",
+    ) -> aiohttp.ClientResponse:
+        """Send one request to a connection and wait for its headers; a non-2xx raises its UpstreamError."""
+        all_headers = upstream_headers(connection, client_headers or {}, request_id, key)
+        all_headers.update(headers or {})
+        url = join_url(connection.base_url or "", path)
+        response = await self.send(method, url, all_headers, body, connect_timeout=connect_timeout)
+        if response.status >= 400:
+            raise await http_error(response)
+        return response
+
     async def fetch(
         self,
         connection: Connection,
@@ -149,17 +171,14 @@ class Transport:
     ) -> bytes:
         """One whole request to a connection on the gateway's own account (a model listing, a connection
         test), bounded by `timeout` from sending to the last byte; a non-2xx raises its UpstreamError."""
-        all_headers = upstream_headers(connection, {}, request_id, key)
-        all_headers.update(headers or {})
-        url = join_url(connection.base_url or "", path)
         try:
             async with asyncio.timeout(timeout):
-                response = await self.send(
-                    method, url, all_headers, body, connect_timeout=min(connection.timeout.connect, timeout)
-                )
+                connect_timeout = min(connection.timeout.connect, timeout)
+                response = await self.open(
+                    connection, method, path, body, key=key, connect_timeout=connect_timeout, headers=headers,
+                    request_id=request_id,
+                )  # fmt: skip
                 try:
-                    if response.status >= 400:
-                        raise await http_error(response)
                     return await read_body(response, connection.timeout.idle)
                 finally:
                     response.close()

@@ -26,6 +26,7 @@ from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
 from .common import (
+    DecodedPassthrough,
     bad,
     call_arguments,
     count,
@@ -617,28 +618,6 @@ def stream_error(error: UpstreamError, connection: str) -> bytes:
 # --- same format: the byte fast path ------------------------------------------------------------
 
 
-class MessagesStream:
-    """One attempt's Anthropic stream passed through; decoded only for the commit point, errors, usage."""
-
-    def __init__(self) -> None:
-        self.decoder = AnthropicDecoder()
-        self.usage: Usage | None = None
-
-    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
-        if event.comment:
-            return b"", False
-        commits = c.carries_content(self.decoder.feed(event))  # an error event raises
-        self.usage = self.decoder.usage
-        return encode_event(event.data, event.event), commits
-
-    def end(self) -> bytes:
-        self.decoder.end()
-        return b""
-
-    def error(self, error: UpstreamError, connection: str) -> bytes:
-        return stream_error(error, connection)
-
-
 class NativeMessages:
     """An Anthropic Messages request to an Anthropic connection: bytes pass through, with the
     client's anthropic-version and anthropic-beta."""
@@ -671,8 +650,8 @@ class NativeMessages:
             raise error_from(message)
         return body, usage_from(message.get("usage"))
 
-    def stream_relay(self, candidate: Candidate) -> MessagesStream:
-        return MessagesStream()
+    def stream_relay(self, candidate: Candidate) -> DecodedPassthrough:
+        return DecodedPassthrough(AnthropicDecoder(), stream_error)
 
     def features(self) -> c.Features:
         """Used alone (count_tokens) nothing is gated; as a fast path the bridge answers for the request."""

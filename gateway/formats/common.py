@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ..errors import ErrorKind, GatewayError, Reason, UpstreamError
+from ..sse import SSEEvent, encode_event
 from . import canonical as c
 
 log = logging.getLogger("gateway.formats")
@@ -116,3 +117,27 @@ class _Entropy:
 
 
 random_hex = _Entropy().hex
+
+
+class DecodedPassthrough:
+    """One attempt's stream in the client's own format, passed through event by event; decoded only for
+    the commit point, errors (an error event raises) and usage."""
+
+    def __init__(self, decoder: Any, error: Callable[[UpstreamError, str], bytes]) -> None:
+        self.decoder = decoder  # the format's own decoder, with a `usage` attribute
+        self._error = error
+        self.usage = None
+
+    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
+        if event.comment:
+            return b"", False
+        commits = c.carries_content(self.decoder.feed(event))
+        self.usage = self.decoder.usage
+        return encode_event(event.data, event.event), commits
+
+    def end(self) -> bytes:
+        self.decoder.end()  # raises for a stream cut short
+        return b""
+
+    def error(self, error: UpstreamError, connection: str) -> bytes:
+        return self._error(error, connection)

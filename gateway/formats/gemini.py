@@ -21,6 +21,7 @@ from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
 from .common import (
+    DecodedPassthrough,
     bad,
     call_arguments,
     count,
@@ -580,28 +581,6 @@ def stream_error(error: UpstreamError, connection: str) -> bytes:
 # --- same format: the byte fast path ------------------------------------------------------------
 
 
-class GenerateStream:
-    """One attempt's Gemini stream, passed through chunk by chunk (CRLF framing normalised)."""
-
-    def __init__(self) -> None:
-        self.decoder = GeminiDecoder()
-        self.usage: Usage | None = None
-
-    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
-        if event.comment:
-            return b"", False
-        commits = c.carries_content(self.decoder.feed(event))
-        self.usage = self.decoder.usage
-        return encode_event(event.data), commits
-
-    def end(self) -> bytes:
-        self.decoder.end()
-        return b""
-
-    def error(self, error: UpstreamError, connection: str) -> bytes:
-        return stream_error(error, connection)
-
-
 class NativeGenerate:
     """A Gemini request to a Gemini connection: bytes pass through, the model in the path."""
 
@@ -624,8 +603,8 @@ class NativeGenerate:
         decoder.chunk(parse_object(body, "2xx response body"))  # raises for errors and failed finishes
         return body, decoder.usage
 
-    def stream_relay(self, candidate: Candidate) -> GenerateStream:
-        return GenerateStream()
+    def stream_relay(self, candidate: Candidate) -> DecodedPassthrough:
+        return DecodedPassthrough(GeminiDecoder(), stream_error)
 
 
 class NativeCountTokens(NativeGenerate):
