@@ -97,6 +97,11 @@ def leftover_fields(
             unsupported_list.append(f"{key}: cannot be translated")
 
 
+def invalid_value(param: str, message: str) -> GatewayError:
+    """A 400 worded as OpenAI's APIs word a bad parameter (Chat Completions and Responses clients)."""
+    return GatewayError(400, f"Invalid '{param}': {message}.", code="invalid_value", param=param)
+
+
 class _Entropy:
     """`os.urandom` drawn 4 KiB at a time. Ids stay unguessable (stored responses are fetched by id),
     while the system call, which costs tens of microseconds on some VMs, is paid once per ~200 ids."""

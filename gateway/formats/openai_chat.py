@@ -16,13 +16,13 @@ from typing import Any
 import orjson
 
 from ..config import Connection
-from ..errors import GatewayError, UpstreamError, error_from_payload
+from ..errors import UpstreamError, error_from_payload
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
-from .common import bad, count, leftover_fields, optional, parse_object, random_hex
+from .common import bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
 
 log = logging.getLogger("gateway.formats.chat")
 
@@ -534,17 +534,13 @@ HANDLED = frozenset(
 )  # fmt: skip
 
 
-def _invalid(param: str, message: str) -> GatewayError:
-    return GatewayError(400, f"Invalid '{param}': {message}.", code="invalid_value", param=param)
-
-
 def _chat_parts(content: Any, where: str, unsupported: list[str]) -> list[c.Part]:
     if content is None:
         return []
     if isinstance(content, str):
         return [c.Text(content)]
     if not isinstance(content, list):
-        raise _invalid(where, "expected a string or an array of content parts")
+        raise invalid_value(where, "expected a string or an array of content parts")
     parts: list[c.Part] = []
     for i, part in enumerate(content):
         at = f"{where}[{i}]"
@@ -552,13 +548,13 @@ def _chat_parts(content: Any, where: str, unsupported: list[str]) -> list[c.Part
         if kind in ("text", "refusal"):
             text = part.get("text", part.get("refusal"))
             if not isinstance(text, str):
-                raise _invalid(f"{at}.text", "expected a string")
+                raise invalid_value(f"{at}.text", "expected a string")
             parts.append(c.Text(text))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str) or not url:
-                raise _invalid(f"{at}.image_url", "expected an object with a url")
+                raise invalid_value(f"{at}.image_url", "expected an object with a url")
             parts.append(c.Image(url, image.get("detail") if isinstance(image, dict) else None))
         elif kind == "file":
             file = part.get("file") if isinstance(part.get("file"), dict) else {}
@@ -566,13 +562,13 @@ def _chat_parts(content: Any, where: str, unsupported: list[str]) -> list[c.Part
         elif isinstance(part, dict):
             unsupported.append(f"{at}: content type {kind!r} cannot be translated")
         else:
-            raise _invalid(at, "expected an object")
+            raise invalid_value(at, "expected an object")
     return parts
 
 
 def _chat_message(raw: Any, where: str, unsupported: list[str]) -> c.Message:
     if not isinstance(raw, dict):
-        raise _invalid(where, "expected an object")
+        raise invalid_value(where, "expected an object")
     role = raw.get("role")
     if role in ("system", "developer", "user"):
         return c.Message(
@@ -580,20 +576,20 @@ def _chat_message(raw: Any, where: str, unsupported: list[str]) -> c.Message:
         )
     if role == "tool":
         if not isinstance(raw.get("tool_call_id"), str):
-            raise _invalid(f"{where}.tool_call_id", "expected a string")
+            raise invalid_value(f"{where}.tool_call_id", "expected a string")
         text = "".join(
             p.text for p in _chat_parts(raw.get("content"), f"{where}.content", unsupported) if isinstance(p, c.Text)
         )
         return c.Message("tool", [c.Text(text)], tool_call_id=raw["tool_call_id"])
     if role != "assistant":
-        raise _invalid(f"{where}.role", "expected system, developer, user, assistant or tool")
+        raise invalid_value(f"{where}.role", "expected system, developer, user, assistant or tool")
     message = c.Message("assistant", _chat_parts(raw.get("content"), f"{where}.content", unsupported))
     reasoning = _reasoning_text(raw)
     message.reasoning = reasoning or None
     for j, call in enumerate(raw.get("tool_calls") or []):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise _invalid(f"{where}.tool_calls[{j}]", "expected a function call with a name")
+            raise invalid_value(f"{where}.tool_calls[{j}]", "expected a function call with a name")
         arguments = function.get("arguments", "")
         message.tool_calls.append(
             c.ToolCall(
@@ -609,10 +605,10 @@ def _chat_format(raw: Any) -> c.OutputFormat | None:
     if raw["type"] == "json_object":
         return c.OutputFormat("json_object")
     if raw["type"] != "json_schema":
-        raise _invalid("response_format.type", "expected text, json_object or json_schema")
+        raise invalid_value("response_format.type", "expected text, json_object or json_schema")
     spec = raw.get("json_schema")
     if not isinstance(spec, dict):
-        raise _invalid("response_format.json_schema", "expected an object")
+        raise invalid_value("response_format.json_schema", "expected an object")
     if "schema" not in spec:  # some clients send the bare schema in place of {name, schema}
         return c.OutputFormat("json_schema", "response", spec)
     return c.OutputFormat(
@@ -625,9 +621,9 @@ def parse_chat_request(body: dict[str, Any]) -> c.Request:
     unsupported: list[str] = []
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list):
-        raise _invalid("messages", "expected an array")
+        raise invalid_value("messages", "expected an array")
     request = c.Request([_chat_message(m, f"messages[{i}]", unsupported) for i, m in enumerate(raw_messages)])
-    for i, tool in enumerate(optional(body, "tools", list, "an array", _invalid) or []):
+    for i, tool in enumerate(optional(body, "tools", list, "an array", invalid_value) or []):
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             unsupported.append(f"tools[{i}]: only function tools can be translated")
@@ -641,8 +637,8 @@ def parse_chat_request(body: dict[str, Any]) -> c.Request:
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         request.forced_tool = choice["function"].get("name")
     request.parallel_tool_calls = body.get("parallel_tool_calls")
-    request.max_output_tokens = optional(body, "max_completion_tokens", int, "an integer", _invalid) or optional(
-        body, "max_tokens", int, "an integer", _invalid
+    request.max_output_tokens = optional(body, "max_completion_tokens", int, "an integer", invalid_value) or optional(
+        body, "max_tokens", int, "an integer", invalid_value
     )
     for key, kinds, what in (
         ("temperature", (int, float), "a number"),
@@ -651,7 +647,7 @@ def parse_chat_request(body: dict[str, Any]) -> c.Request:
         ("user", str, "a string"),
         ("metadata", dict, "an object"),
     ):
-        setattr(request, key, optional(body, key, kinds, what, _invalid))
+        setattr(request, key, optional(body, key, kinds, what, invalid_value))
     stop = body.get("stop")
     request.stop = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else None
     request.output_format = _chat_format(body.get("response_format"))

@@ -20,13 +20,13 @@ from typing import Any
 import orjson
 
 from ..config import Connection
-from ..errors import ErrorKind, GatewayError, UpstreamError, classify_status
+from ..errors import ErrorKind, UpstreamError, classify_status
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
-from .common import bad, count, leftover_fields, optional, parse_object, random_hex
+from .common import bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
 
 log = logging.getLogger("gateway.formats.responses")
 
@@ -64,25 +64,21 @@ def new_id(prefix: str) -> str:
 # --- request: Responses -> canonical ------------------------------------------------------------
 
 
-def _invalid(param: str, message: str) -> GatewayError:
-    return GatewayError(400, f"Invalid '{param}': {message}.", code="invalid_value", param=param)
-
-
 def _parts(content: Any, param: str, unsupported: list[str]) -> list[c.Part]:
     if isinstance(content, str):
         return [c.Text(content)]
     if not isinstance(content, list):
-        raise _invalid(param, "expected a string or an array of content parts")
+        raise invalid_value(param, "expected a string or an array of content parts")
     parts: list[c.Part] = []
     for i, part in enumerate(content):
         where = f"{param}[{i}]"
         if not isinstance(part, dict):
-            raise _invalid(where, "expected an object")
+            raise invalid_value(where, "expected an object")
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text", "refusal"):
             text = part.get("text", part.get("refusal"))
             if not isinstance(text, str):
-                raise _invalid(f"{where}.text", "expected a string")
+                raise invalid_value(f"{where}.text", "expected a string")
             parts.append(c.Text(text))
         elif kind == "input_image":
             url = part.get("image_url")
@@ -91,7 +87,7 @@ def _parts(content: Any, param: str, unsupported: list[str]) -> list[c.Part]:
             elif part.get("file_id"):
                 unsupported.append(f"{where}: an image by file_id needs a native Responses connection")
             else:
-                raise _invalid(where, "an input_image needs image_url or file_id")
+                raise invalid_value(where, "an input_image needs image_url or file_id")
         elif kind == "input_file":
             if part.get("file_url"):
                 unsupported.append(f"{where}: a file by file_url needs a native Responses connection")
@@ -119,23 +115,23 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
     if isinstance(instructions, str) and instructions:
         messages.append(c.Message("system", [c.Text(instructions)]))
     elif instructions is not None and not isinstance(instructions, str):
-        raise _invalid("instructions", "expected a string")
+        raise invalid_value("instructions", "expected a string")
     items = body.get("input")
     if isinstance(items, str):
         messages.append(c.Message("user", [c.Text(items)]))
         return messages
     if not isinstance(items, list):
-        raise _invalid("input", "expected a string or an array of input items")
+        raise invalid_value("input", "expected a string or an array of input items")
     pending_reasoning: tuple[str, str | None] | None = None  # a reasoning item awaiting its assistant turn
     for i, item in enumerate(items):
         where = f"input[{i}]"
         if not isinstance(item, dict):
-            raise _invalid(where, "expected an object")
+            raise invalid_value(where, "expected an object")
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
-                raise _invalid(f"{where}.role", "expected one of user, assistant, system, developer")
+                raise invalid_value(f"{where}.role", "expected one of user, assistant, system, developer")
             message = c.Message(
                 "system" if role == "developer" else role, _parts(item.get("content"), f"{where}.content", unsupported)
             )
@@ -146,7 +142,7 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
         elif kind == "function_call":
             call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "")
             if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
-                raise _invalid(where, "a function_call needs string call_id, name and arguments")
+                raise invalid_value(where, "a function_call needs string call_id, name and arguments")
             last = messages[-1] if messages else None
             if last is None or last.role != "assistant":
                 last = c.Message("assistant")
@@ -158,7 +154,7 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
         elif kind == "function_call_output":
             call_id = item.get("call_id")
             if not isinstance(call_id, str):
-                raise _invalid(f"{where}.call_id", "expected a string")
+                raise invalid_value(f"{where}.call_id", "expected a string")
             output = _output_text(item.get("output", ""), f"{where}.output", unsupported)
             messages.append(c.Message("tool", [c.Text(output)], tool_call_id=call_id))
         elif kind == "reasoning":
@@ -172,11 +168,11 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
 def _tools(body: dict[str, Any], unsupported: list[str]) -> list[c.Tool]:
     tools = body.get("tools") or []
     if not isinstance(tools, list):
-        raise _invalid("tools", "expected an array")
+        raise invalid_value("tools", "expected an array")
     out = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
-            raise _invalid(f"tools[{i}]", "expected an object")
+            raise invalid_value(f"tools[{i}]", "expected an object")
         if tool.get("type") != "function":
             unsupported.append(
                 f"tools[{i}]: the built-in tool {tool.get('type')!r} needs a native Responses connection"
@@ -184,7 +180,7 @@ def _tools(body: dict[str, Any], unsupported: list[str]) -> list[c.Tool]:
             continue
         name = tool.get("name")
         if not isinstance(name, str) or not name:
-            raise _invalid(f"tools[{i}].name", "expected a non-empty string")
+            raise invalid_value(f"tools[{i}].name", "expected a non-empty string")
         out.append(c.Tool(name, tool.get("description"), tool.get("parameters"), tool.get("strict")))
     return out
 
@@ -194,15 +190,15 @@ def _output_format(body: dict[str, Any]) -> c.OutputFormat | None:
     if text is None:
         return None
     if not isinstance(text, dict):
-        raise _invalid("text", "expected an object")
+        raise invalid_value("text", "expected an object")
     fmt = text.get("format")
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise _invalid("text.format.type", "expected text, json_object or json_schema")
+        raise invalid_value("text.format.type", "expected text, json_object or json_schema")
     if fmt["type"] == "json_schema":
         if not isinstance(fmt.get("schema"), dict):
-            raise _invalid("text.format.schema", "expected a JSON schema object")
+            raise invalid_value("text.format.schema", "expected a JSON schema object")
         return c.OutputFormat("json_schema", fmt.get("name"), fmt["schema"], fmt.get("strict"), fmt.get("description"))
     return None if fmt["type"] == "text" else c.OutputFormat("json_object")
 
@@ -215,7 +211,7 @@ def parse_request(body: dict[str, Any]) -> c.Request:
     choice = body.get("tool_choice")
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
-            raise _invalid("tool_choice", "expected auto, none, required or a function choice")
+            raise invalid_value("tool_choice", "expected auto, none, required or a function choice")
         request.tool_choice = choice
     elif isinstance(choice, dict):
         if choice.get("type") == "function" and isinstance(choice.get("name"), str):
@@ -226,13 +222,13 @@ def parse_request(body: dict[str, Any]) -> c.Request:
     for key, kinds in (("temperature", (int, float)), ("top_p", (int, float)), ("max_output_tokens", int)):
         value = body.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-            raise _invalid(key, "expected a number")
+            raise invalid_value(key, "expected a number")
         setattr(request, key, value)
     for key in ("parallel_tool_calls", "metadata", "user"):
         setattr(request, key, body.get(key))
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict):
-        request.reasoning_effort = optional(reasoning, "effort", str, "a string", _invalid, "reasoning.effort")
+        request.reasoning_effort = optional(reasoning, "effort", str, "a string", invalid_value, "reasoning.effort")
     request.stream = body.get("stream") is True
     if body.get("background"):
         unsupported.append("background: background responses need a native Responses connection")
