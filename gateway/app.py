@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -189,8 +190,23 @@ async def drain(runner: web.AppRunner) -> None:
     log.info("drained; exiting")
 
 
+# The youngest generation is collected every GC_YOUNG_THRESHOLD allocations of container objects.
+# Python's default, 700, comes round several times per request, and each collection walks every
+# in-flight request's objects: at 64 concurrent requests that was 8% of the instructions per request
+# (callgrind). At 10,000 most of a request's objects are gone before a collection sees them.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """For a long-running server: rarer young collections, and the objects that live as long as the
+    process (modules, configuration, the app) moved out of the collector's way."""
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    gc.freeze()
+
+
 async def serve(config: Config, host: str, port: int, config_path: str | None = None) -> None:
     runner = await start(config, host, port, config_path)
+    tune_gc()
     enabled = [c.name for c in config.connections if c.enabled]
     log.info("listening on http://%s:%s with connections: %s", host, port, ", ".join(enabled) or "none enabled")
     stop = asyncio.Event()

@@ -43,8 +43,17 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    """ISO 8601 UTC with milliseconds. The part up to the second changes once a second: it is
+    formatted then, not for every line."""
+    global _second
+    whole = int(created)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
 
 
 def _text(value: Any) -> str:
@@ -103,6 +112,14 @@ def _ms(seconds: float | None) -> float | None:
 
 def request_fields(record: RequestRecord, duration: float) -> dict[str, Any]:
     usage = record.usage
+    attempts = []
+    for a in record.attempts:
+        attempt = {
+            "connection": a.connection, "reason": a.reason.value, "duration_ms": _ms(a.duration), "status": a.status
+        }  # fmt: skip
+        if a.detail:
+            attempt["detail"] = a.detail
+        attempts.append(attempt)
     fields: dict[str, Any] = {
         "request_id": record.request_id,
         "route": record.route,
@@ -111,11 +128,7 @@ def request_fields(record: RequestRecord, duration: float) -> dict[str, Any]:
         "stream": record.stream,
         "status": record.status,
         "connection": record.connection,
-        "attempts": [
-            {"connection": a.connection, "reason": a.reason.value, "duration_ms": _ms(a.duration), "status": a.status}
-            | ({"detail": a.detail} if a.detail else {})
-            for a in record.attempts
-        ],
+        "attempts": attempts,
         "duration_ms": _ms(duration),
         "ttfb_ms": _ms(record.ttfb),
         "tokens": None
@@ -135,18 +148,25 @@ def request_fields(record: RequestRecord, duration: float) -> dict[str, Any]:
     return fields
 
 
+class RequestLine(logging.LogRecord):
+    """The request line as a LogRecord, so that every handler and formatter takes it, but made from a
+    template: LogRecord.__init__ works out the caller's file, module and times for every record,
+    which costs as much as the rest of the line and which a request line does not use."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.__dict__.update(_REQUEST_LINE)
+        now = time.time()
+        self.created = now
+        self.msecs = int((now - int(now)) * 1000) + 0.0
+        self.relativeCreated = (now - _LOADED) * 1000
+        self.fields = fields
+
+
+_LOADED = time.time()
+# Every attribute a LogRecord has (formatters read them through __dict__), with a request line's values.
+_REQUEST_LINE = vars(logging.LogRecord(request_log.name, logging.INFO, "", 0, "request", (), None)).copy()
+
+
 def log_request(record: RequestRecord, duration: float) -> None:
-    # The record is made directly: Logger.info would walk the stack for the caller's file and line
-    # on every request, which the request line does not use.
     if request_log.isEnabledFor(logging.INFO):
-        line = request_log.makeRecord(
-            request_log.name,
-            logging.INFO,
-            "",
-            0,
-            "request",
-            (),
-            None,
-            extra={"fields": request_fields(record, duration)},
-        )
-        request_log.handle(line)
+        request_log.handle(RequestLine(request_fields(record, duration)))
