@@ -57,6 +57,8 @@ class ClientFormat(Protocol):
 class BridgeStream:
     """One attempt: upstream events -> canonical events -> client events."""
 
+    content_prefix = None  # every event is decoded
+
     def __init__(self, decoder: Decoder, encoder: Encoder, request: c.Request) -> None:
         self.decoder = decoder
         self.encoder = encoder

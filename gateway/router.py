@@ -17,7 +17,7 @@ import fnmatch
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +63,11 @@ class StreamRelay(Protocol):
     """Turns one attempt's upstream SSE events into client bytes."""
 
     usage: Usage | None
+    # Past the commit point, for a relay that passes its own format through: how many leading bytes
+    # of a read of whole plain events (`SSEParser.plain`) hold only content, nothing it must see (an
+    # error, usage, a finish, the end). Those go to the client as they came, unparsed. None: every
+    # event is fed.
+    content_prefix: Callable[[bytes], int] | None
 
     def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
         """Bytes to send the client (may be empty) and whether the event carries content or a finish.
@@ -578,6 +583,7 @@ class Router:
                 record.client_disconnected = True
                 return response
             _capture(record.response_body, first)
+            reader.verbatim = stream.content_prefix
             stream_end = min(attempt_end, committed_at + self.config.limits.max_stream_seconds)
             await self._relay_rest(request, response, reader, stream, record, attempt, connection, stream_end)
             record.usage = stream.usage
@@ -616,8 +622,8 @@ class Router:
                 attempt.waited += now - waiting_since
                 if batch is None:
                     out = stream.end()
-                else:
-                    pieces = [piece for piece, _ in map(stream.feed, batch) if piece]
+                else:  # events to feed, and runs of content events to pass as they came
+                    pieces = [item if isinstance(item, bytes) else stream.feed(item)[0] for item in batch]
                     out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 if out:
                     watchdog.writing = True  # a slow client is not an idle upstream

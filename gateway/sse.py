@@ -65,6 +65,21 @@ class SSEParser:
             self._line(line, events)
         return events
 
+    def plain(self, chunk: bytes) -> bool:
+        """Whether `chunk` is whole events and nothing else, each a single `data: ` line with `\\n`
+        framing, with nothing pending from earlier reads: then relaying it needs no parsing, since the
+        parser would find exactly these events and its state would not change."""
+        return (
+            self._started
+            and not self._tail
+            and not self._data
+            and self._event is None
+            and chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+            and chunk.count(b"\n") == 2 * chunk.count(b"\n\n") == 2 * (chunk.count(b"\n\ndata: ") + 1)
+        )
+
     def close(self) -> list[SSEEvent]:
         """End of stream: an event without its final blank line is still delivered (lenient)."""
         events: list[SSEEvent] = []

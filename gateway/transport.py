@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
@@ -252,15 +252,18 @@ class EventReader:
     """The SSE events each network read completes. Whole reads, not single events, so a relay can
     turn everything that arrived together into one write to its client."""
 
-    __slots__ = ("_content", "_done", "_parser")
+    __slots__ = ("_content", "_done", "_parser", "verbatim")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._content = response.content
         self._parser = SSEParser()
         self._done = False
+        # Set by a relay that passes reads through unparsed where it can (`StreamRelay.content_prefix`).
+        self.verbatim: Callable[[bytes], int] | None = None
 
-    async def read(self) -> list[SSEEvent] | None:
-        """The next read's events (possibly none yet); None once the stream has ended."""
+    async def read(self) -> list[SSEEvent | bytes] | None:
+        """The next read's events (possibly none yet), where `verbatim` says so with a leading run of
+        them as the bytes they came in; None once the stream has ended."""
         if self._done:
             return None
         try:
@@ -268,6 +271,12 @@ class EventReader:
         except aiohttp.ClientError as exc:
             raise _body_error(exc, "stream") from None
         if chunk:
+            if self.verbatim is not None and self._parser.plain(chunk):
+                length = self.verbatim(chunk)
+                if length == len(chunk):
+                    return [chunk]
+                if length:
+                    return [chunk[:length], *self._parser.feed(chunk[length:])]
             return self._parser.feed(chunk)
         self._done = True
         return self._parser.close()

@@ -128,6 +128,8 @@ class DecodedPassthrough:
     """One attempt's stream in the client's own format, passed through event by event; decoded only for
     the commit point, errors (an error event raises) and usage."""
 
+    content_prefix = None  # every event is decoded
+
     def __init__(self, decoder: Any, error: Callable[[UpstreamError, str], bytes]) -> None:
         self.decoder = decoder  # the format's own decoder, with a `usage` attribute
         self._error = error

@@ -10,6 +10,7 @@ As an upstream format for translated requests: `build_request`, `parse_response`
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -62,6 +63,10 @@ def usage_from(usage: Any) -> Usage | None:
 # --- same format: the byte fast path ----------------------------------------------------------------
 
 
+# A key a Chat stream relay must see after the commit point, with a value that is not null.
+_NOTEWORTHY = re.compile(rb'"(?:error|usage|finish_reason)"\s*+:\s*+(?!null)')
+
+
 class ChatStream:
     """One attempt's stream, passed through event by event."""
 
@@ -83,6 +88,8 @@ class ChatStream:
             return DONE, False
         if self.done:
             return b"", False
+        if self.committed and data[:1] == b"{" and data[-1:] == b"}" and _NOTEWORTHY.search(data) is None:
+            return b"data: " + data + b"\n\n", False  # content only: nothing here to parse for
         chunk = parse_object(data, "stream event")
         if chunk.get("error") is not None:
             raise error_from_payload(chunk["error"])
@@ -107,6 +114,23 @@ class ChatStream:
             self.committed = True
             return encode_event(data), True
         return encode_event(data), False
+
+    def content_prefix(self, chunk: bytes) -> int:
+        """The leading events of a plain read that pass unparsed: JSON objects by their ends, up to the
+        first naming an error, usage or a finish with a value other than null. (JSON spaced oddly
+        only costs a parse; `[DONE]` is no object.)"""
+        if self.done:
+            return 0
+        found = _NOTEWORTHY.search(chunk)
+        if found is None:
+            end = len(chunk)
+        else:
+            end = chunk.rfind(b"\n\n", 0, found.start()) + 2  # the end of the event before it, or 1: none
+            if end < 2:
+                return 0
+        if chunk.count(b"data: {", 0, end) == chunk.count(b"}\n\n", 0, end) == chunk.count(b"\n\n", 0, end):
+            return end
+        return 0
 
     def end(self) -> bytes:
         if self.done:

@@ -608,6 +608,8 @@ def _error_from_event(payload: dict[str, Any]) -> UpstreamError:
 class ResponsesPassthrough:
     """One attempt's native Responses stream, passed through event by event."""
 
+    content_prefix = None  # every event is decoded
+
     def __init__(self, context: ResponseContext) -> None:
         self.context = context
         self.committed = False

@@ -1,0 +1,104 @@
+"""The same-format Chat stream's byte path: after the commit point, reads of plain content events go
+to the client as they came, unparsed; everything a relay must see (errors, usage, finish, the end)
+is still parsed."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.formats import openai_chat
+from gateway.formats.openai_chat import ChatStream
+from gateway.sse import SSEParser
+from tests.conftest import CLIENT_KEY, connection, gateway_config
+from tests.mock_openai import chunk, stream_handler, text_stream, usage_chunk
+
+
+def sse(payload: dict) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+CONTENT = sse(chunk({"content": "Hello"})) + sse(chunk({"content": " world"}))
+FINISH = sse(chunk({}, finish="stop"))
+USAGE = sse(usage_chunk())
+DONE = b"data: [DONE]\n\n"
+
+
+def started_parser() -> SSEParser:
+    parser = SSEParser()
+    assert parser.feed(sse(chunk({"role": "assistant", "content": ""})))
+    return parser
+
+
+def test_plain_reads_are_whole_single_line_data_events_with_nothing_pending() -> None:
+    parser = started_parser()
+    assert parser.plain(CONTENT) and parser.plain(DONE)
+    for not_plain in (
+        CONTENT[:-1],  # the last event unfinished
+        CONTENT.replace(b"\n", b"\r\n"),  # CRLF framing
+        b": keep-alive\n\n" + CONTENT,  # a comment
+        CONTENT + b": keep-alive\n\n",
+        b"event: message\n" + CONTENT,  # a named event
+        b"data: {\ndata: }\n\n",  # multi-line data
+        b"data: {}\n\n\n",
+    ):
+        assert not parser.plain(not_plain), not_plain
+    assert parser.feed(CONTENT[:10]) == []  # an event pending from an earlier read
+    assert not parser.plain(CONTENT)
+    assert not SSEParser().plain(CONTENT)  # before the first read (a BOM may still be stripped)
+
+
+def test_content_prefix_stops_before_what_the_relay_must_see() -> None:
+    stream = ChatStream(wants_usage=False)
+    assert stream.content_prefix(CONTENT) == len(CONTENT)
+    assert stream.content_prefix(CONTENT + FINISH + USAGE + DONE) == len(CONTENT)
+    error = sse({"error": {"message": "boom", "type": "server_error"}})
+    assert stream.content_prefix(CONTENT + error + CONTENT) == len(CONTENT)
+    assert stream.content_prefix(FINISH + CONTENT) == 0
+    assert stream.content_prefix(USAGE) == 0 and stream.content_prefix(DONE) == 0
+    # Events that are not JSON objects by their ends: parsed (and refused there).
+    assert stream.content_prefix(CONTENT + b"data: {not json\n\n") == 0
+    assert stream.content_prefix(b"data: [1, 2]\n\n") == 0
+    # Spaced JSON: a null finish and null usage are still plain; a real finish is not.
+    spaced = b'data: {"choices": [{"delta": {"content": "x"}, "finish_reason": null}], "usage": null}\n\n'
+    assert stream.content_prefix(spaced) == len(spaced)
+    assert stream.content_prefix(spaced.replace(b"null}]", b'"stop"}]')) == 0
+    # Inside a string the key's quotes are escaped: content that talks about errors is content.
+    talk = sse(chunk({"content": 'say "error": no, "usage": yes'}))
+    assert stream.content_prefix(talk) == len(talk)
+    stream.done = True
+    assert stream.content_prefix(CONTENT) == 0
+
+
+@pytest.mark.parametrize("wants_usage", [False, True])
+async def test_spaced_reads_pass_verbatim_and_usage_is_still_seen(
+    start_upstream, start_gateway, caplog, monkeypatch, wants_usage
+):
+    events = text_stream([f"piece {i} " for i in range(12)])
+    upstream = await start_upstream(stream_handler(events, delay=0.01))  # one read per event
+    gw = await start_gateway(gateway_config(connection("main", upstream)))
+    fed = []
+    feed = ChatStream.feed
+    monkeypatch.setattr(openai_chat.ChatStream, "feed", lambda self, event: fed.append(event) or feed(self, event))
+    caplog.set_level(logging.INFO, logger="gateway.request")
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    if wants_usage:
+        body["stream_options"] = {"include_usage": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gw.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+        ) as response,
+    ):
+        received = await response.read()
+    # Byte for byte what the upstream sent; the usage chunk only for a client that asked for it.
+    expected = [e for e in events if wants_usage or b'"usage"' not in e]
+    assert received == b"".join(expected)
+    # Most content events never reached the parser; the finish, the usage and [DONE] did.
+    assert len(fed) < len(events) / 2
+    assert [e.data for e in fed[-3:]] == [FINISH[6:-2], USAGE[6:-2], b"[DONE]"]
+    (line,) = [r for r in caplog.records if r.name == "gateway.request"]
+    assert line.fields["tokens"] == {"input": 9, "output": 3, "reasoning": 0} and line.fields["status"] == 200
