@@ -46,7 +46,9 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     )
     request[RECORD] = record
     if route in handlers.PUBLIC_ROUTES:  # probes and scrapes: no key, no metrics, no log line
-        return await handler(request)
+        response = await handler(request)
+        response.headers.update(record.headers())
+        return response
     if gateway.config.logging.bodies:
         record.response_body = bytearray()
     gateway.begin(record)
@@ -59,6 +61,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
             gateway.auth.check(request)
         response = await handler(request)
         if not response.prepared:  # the client gets its answer before the bookkeeping below runs
+            response.headers.update(record.headers())
             await response.prepare(request)
             await response.write_eof()
     except GatewayError as err:
@@ -75,6 +78,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         response = handlers.error_response(record.client_api, GatewayError(500, "Internal gateway error."))
     finally:
         gateway.finish(record, response)
+    if not response.prepared:  # an error answer, sent once the middleware returns
+        response.headers.update(record.headers())
     return response
 
 
@@ -86,15 +91,6 @@ def _check_header_size(request: web.Request, limit: int) -> None:
     if size > limit:
         message = f"Request headers are larger than the limit of {limit} bytes."
         raise GatewayError(431, message, code="headers_too_large")
-
-
-async def _add_gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
-    record = request.get(RECORD)
-    if record is None:
-        return
-    response.headers["x-request-id"] = record.request_id
-    response.headers["x-gateway-connection"] = record.connection or "none"
-    response.headers["x-gateway-attempts"] = record.attempts_header()
 
 
 def create_app(config: Config, config_path: str | None = None) -> web.Application:
@@ -130,7 +126,6 @@ def create_app(config: Config, config_path: str | None = None) -> web.Applicatio
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.on_response_prepare.append(_add_gateway_headers)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions, name="chat")
     app.router.add_post("/v1/completions", handlers.completions, name="completions")
     app.router.add_post("/v1/embeddings", handlers.embeddings, name="embeddings")

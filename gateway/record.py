@@ -55,5 +55,11 @@ class RequestRecord:
     request_body: Any = None
     response_body: bytearray | None = None
 
-    def attempts_header(self) -> str:
-        return ",".join(f"{a.connection}:{a.reason}" for a in self.attempts)
+    def headers(self) -> dict[str, str]:
+        """What every answer tells its client about this request: its id, the connection that served
+        it, and each attempt with its outcome."""
+        return {
+            "x-request-id": self.request_id,
+            "x-gateway-connection": self.connection or "none",
+            "x-gateway-attempts": ",".join([f"{a.connection}:{a.reason}" for a in self.attempts]),
+        }

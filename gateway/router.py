@@ -574,7 +574,7 @@ class Router:
                 return web.Response(status=upstream.status, body=payload, headers=headers)
             attempt.ttfb = committed_at - sent
             record.ttfb = committed_at - record.started
-            response = web.StreamResponse(headers=STREAM_HEADERS)
+            response = web.StreamResponse(headers=STREAM_HEADERS | record.headers())
             await response.prepare(request)
             first = b"".join(held)
             try:
@@ -708,7 +708,8 @@ class Router:
             attempt.status = upstream.status
             attempt.ttfb = attempt.waited = loop.time() - sent
             record.connection = connection.name
-            response = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
+            headers = relayable_headers(upstream.headers) | record.headers()
+            response = web.StreamResponse(status=upstream.status, headers=headers)
             await response.prepare(request)
             try:
                 while True:
