@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import signal
 import time
@@ -41,7 +42,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     record = RequestRecord(
         request_id=handlers.request_id(request),
         route=route,
-        client_api=handlers.client_api_for(request),
+        client_api=handlers.client_api_for(request, route),
         started=loop.time(),
     )
     request[RECORD] = record
@@ -85,9 +86,9 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
 
 def _check_header_size(request: web.Request, limit: int) -> None:
     """`limits.max_header_bytes` over the request line and all headers together (aiohttp bounds each line)."""
-    size = len(request.method) + len(request.raw_path) + 12
-    for name, value in request.raw_headers:
-        size += len(name) + len(value) + 4
+    headers = request.raw_headers
+    size = len(request.method) + len(request.raw_path) + 12 + 4 * len(headers)
+    size += sum(map(len, itertools.chain.from_iterable(headers)))
     if size > limit:
         message = f"Request headers are larger than the limit of {limit} bytes."
         raise GatewayError(431, message, code="headers_too_large")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from .errors import ClientApi, GatewayError, render_error
 from .formats import openai_responses as responses_format
 from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
 from .formats.canonical import Request, estimate_tokens, request_chars
+from .formats.common import random_hex
 from .formats.gemini import GeminiClient, GeminiUpstream, NativeCountTokens, NativeGenerate, parse_generate_request
 from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
 from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient, ResponsesUpstream
@@ -32,9 +32,24 @@ GEMINI_METHODS = (":generateContent", ":streamGenerateContent", ":countTokens")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def client_api_for(request: web.Request) -> ClientApi:
-    """The API a client speaks: it decides the shape of our answers and errors. By path, and on
-    shared paths (/v1/models) by the header its SDK always sends."""
+# The API a route's clients speak, for the generation routes; the rest are decided by path and headers.
+_ROUTE_API = {
+    "chat": ClientApi.OPENAI,
+    "completions": ClientApi.OPENAI,
+    "embeddings": ClientApi.OPENAI,
+    "responses": ClientApi.OPENAI,
+    "messages": ClientApi.ANTHROPIC,
+    "count_tokens": ClientApi.ANTHROPIC,
+    "generate_content_beta": ClientApi.GEMINI,  # (under /v1/ only the Gemini methods make a Gemini client)
+}
+
+
+def client_api_for(request: web.Request, route: str) -> ClientApi:
+    """The API a client speaks: it decides the shape of our answers and errors. By route; on shared
+    paths (/v1/models) by the header its SDK always sends; elsewhere by path."""
+    api = _ROUTE_API.get(route)
+    if api is not None:
+        return api
     path = request.path
     if path.startswith("/v1/messages"):
         return ClientApi.ANTHROPIC
@@ -392,5 +407,4 @@ async def metrics(request: web.Request) -> web.Response:
 
 def request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id", "")
-    # Request ids need to be unique, not unpredictable: no system call for randomness per request.
-    return given if given and REQUEST_ID_RE.match(given) else f"{random.getrandbits(128):032x}"
+    return given if given and REQUEST_ID_RE.match(given) else random_hex(16)

@@ -236,7 +236,7 @@ class Observer:
         record = RequestRecord(
             request_id=handlers.request_id(request),
             route=OBSERVE_ROUTE,
-            client_api=handlers.client_api_for(request),
+            client_api=handlers.client_api_for(request, OBSERVE_ROUTE),
             started=loop.time(),
         )
         self.gateway.begin(record)
