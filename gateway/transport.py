@@ -101,16 +101,29 @@ class Transport:
             await self._session.close()
             self._session = None
 
-    async def send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, connect_timeout: float
+    async def open(
+        self,
+        connection: Connection,
+        method: str,
+        path: str,
+        body: bytes | None,
+        *,
+        key: str | None,
+        connect_timeout: float,
+        headers: Mapping[str, str] | None = None,
+        client_headers: Mapping[str, str] | None = None,
+        request_id: str = "gateway",
     ) -> aiohttp.ClientResponse:
-        """Send and wait for the response headers. The caller bounds the wait (first-byte deadline)."""
+        """Send one request to a connection and wait for its headers (the caller bounds the wait: the
+        first-byte deadline); a non-2xx raises its UpstreamError."""
         assert self._session is not None, "transport not started"
+        all_headers = upstream_headers(connection, client_headers or {}, request_id, key)
+        all_headers.update(headers or {})
         try:
-            return await self._session.request(
+            response = await self._session.request(
                 method,
-                url,
-                headers=headers,
+                join_url(connection.base_url or "", path),
+                headers=all_headers,
                 data=body,
                 timeout=self._timeout(connect_timeout),
                 allow_redirects=False,
@@ -134,25 +147,6 @@ class Transport:
             raise UpstreamError(
                 ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, f"request failed ({type(exc).__name__})"
             ) from None
-
-    async def open(
-        self,
-        connection: Connection,
-        method: str,
-        path: str,
-        body: bytes | None,
-        *,
-        key: str | None,
-        connect_timeout: float,
-        headers: Mapping[str, str] | None = None,
-        client_headers: Mapping[str, str] | None = None,
-        request_id: str = "gateway",
-    ) -> aiohttp.ClientResponse:
-        """Send one request to a connection and wait for its headers; a non-2xx raises its UpstreamError."""
-        all_headers = upstream_headers(connection, client_headers or {}, request_id, key)
-        all_headers.update(headers or {})
-        url = join_url(connection.base_url or "", path)
-        response = await self.send(method, url, all_headers, body, connect_timeout=connect_timeout)
         if response.status >= 400:
             raise await http_error(response)
         return response
