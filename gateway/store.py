@@ -58,6 +58,7 @@ class ResponseStore:
         self._db: sqlite3.Connection | None = None
         self._bytes = 0
         self._pending: set[Future[Any]] = set()
+        self._queued: list[StoredResponse] = []  # this loop turn's writes (touched on the loop only)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -75,6 +76,7 @@ class ResponseStore:
         self._bytes = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM responses").fetchone()[0]
 
     async def close(self) -> None:
+        self._write_queued()
         for future in list(self._pending):
             await asyncio.wrap_future(future)
         await self._run(self._close)
@@ -86,6 +88,7 @@ class ResponseStore:
             self._db = None
 
     async def _run(self, fn, *args: Any) -> Any:
+        self._write_queued()  # writes submitted earlier go first
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     @property
@@ -96,47 +99,61 @@ class ResponseStore:
     # --- writes ------------------------------------------------------------------------------
 
     def submit(self, stored: StoredResponse) -> None:
-        """Queue a write and return at once; later reads are queued behind it."""
-        future = self._executor.submit(self._put, stored)
-        self._pending.add(future)
-        future.add_done_callback(self._written)
+        """Queue a write and return at once. The writes of one event-loop turn go to the store's thread
+        together at the end of the turn (or before a read), in one transaction: under load, one
+        hand-over and one commit for many answers. Reads are queued behind them."""
+        self._queued.append(stored)
+        if len(self._queued) == 1:
+            asyncio.get_running_loop().call_soon(self._write_queued)
+
+    def _write_queued(self) -> None:
+        batch, self._queued = self._queued, []
+        if batch:
+            future = self._executor.submit(self._write, batch)
+            self._pending.add(future)
+            future.add_done_callback(self._written)
 
     def _written(self, future: Future[Any]) -> None:
         self._pending.discard(future)
         if future.exception() is not None:
             log.error("storing a response failed: %s", future.exception())
 
-    def _put(self, stored: StoredResponse) -> None:
+    def _write(self, batch: list[StoredResponse]) -> None:
+        now = time.time()
+        with self.db:
+            for stored in batch:
+                self._put(stored, now)
+            self._evict(now)
+
+    def _put(self, stored: StoredResponse, now: float) -> None:
         items = orjson.dumps(stored.input_items)
         response = orjson.dumps(stored.response)
         size = len(items) + len(response)
-        now = stored.created_at or time.time()
-        with self.db:
-            old = self.db.execute("SELECT size FROM responses WHERE id = ?", (stored.id,)).fetchone()
-            self.db.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (stored.id, now, stored.previous_id, stored.connection, int(stored.native), items, response, size),
-            )
+        created = stored.created_at or now
+        old = self.db.execute("SELECT size FROM responses WHERE id = ?", (stored.id,)).fetchone()
+        self.db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (stored.id, created, stored.previous_id, stored.connection, int(stored.native), items, response, size),
+        )
         self._bytes += size - (old[0] if old else 0)
-        self._evict(now)
 
     def _evict(self, now: float) -> None:
-        """Drop what is older than max_age, then the oldest until the total fits max_bytes."""
+        """Drop what is older than max_age, then the oldest until the total fits max_bytes (within the
+        caller's transaction)."""
         cutoff = now - self.max_age
-        with self.db:
-            size, count = self.db.execute(
-                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM responses WHERE created_at < ?", (cutoff,)
-            ).fetchone()
-            if count:
-                self.db.execute("DELETE FROM responses WHERE created_at < ?", (cutoff,))
-                self._bytes -= size
-            while self._bytes > self.max_bytes:
-                oldest = self.db.execute("SELECT id, size FROM responses ORDER BY created_at LIMIT 1").fetchone()
-                if oldest is None:
-                    self._bytes = 0
-                    break
-                self.db.execute("DELETE FROM responses WHERE id = ?", (oldest[0],))
-                self._bytes -= oldest[1]
+        size, count = self.db.execute(
+            "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM responses WHERE created_at < ?", (cutoff,)
+        ).fetchone()
+        if count:
+            self.db.execute("DELETE FROM responses WHERE created_at < ?", (cutoff,))
+            self._bytes -= size
+        while self._bytes > self.max_bytes:
+            oldest = self.db.execute("SELECT id, size FROM responses ORDER BY created_at LIMIT 1").fetchone()
+            if oldest is None:
+                self._bytes = 0
+                break
+            self.db.execute("DELETE FROM responses WHERE id = ?", (oldest[0],))
+            self._bytes -= oldest[1]
 
     async def delete(self, response_id: str) -> bool:
         return await self._run(self._delete, response_id)

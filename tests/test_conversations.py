@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import time
@@ -254,3 +255,24 @@ async def test_store_file_mode_and_eviction_by_age_and_size(tmp_path):
         assert await store.delete("b") is True and await store.delete("b") is False
     finally:
         await store.close()
+
+
+async def test_the_writes_of_one_loop_turn_go_in_one_transaction(tmp_path, monkeypatch):
+    store = ResponseStore(str(tmp_path / "responses.db"), max_age_days=1, max_bytes=1 << 20)
+    await store.open()
+    batches: list[list[str]] = []
+    write = store._write
+    monkeypatch.setattr(store, "_write", lambda batch: batches.append([s.id for s in batch]) or write(batch))
+    try:
+        for n in range(5):
+            store.submit(StoredResponse(f"r{n}", "c", False, None, [], {"id": f"r{n}"}))
+        assert [(await store.get(f"r{n}")).response for n in range(5)] == [{"id": f"r{n}"} for n in range(5)]
+        assert batches == [["r0", "r1", "r2", "r3", "r4"]]
+        store.submit(StoredResponse("r5", "c", False, None, [], {"id": "r5"}))
+        await asyncio.sleep(0)  # the end of the turn: handed to the store's thread without a read
+        assert store._queued == []
+        assert await store.get("r5") is not None and batches[1:] == [["r5"]]
+        store.submit(StoredResponse("r6", "c", False, None, [], {"id": "r6"}))  # closing writes what is queued
+    finally:
+        await store.close()
+    assert batches[2:] == [["r6"]]
