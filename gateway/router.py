@@ -297,19 +297,25 @@ def _capture(buffer: bytearray | None, data: bytes) -> None:
 
 async def _until_content(reader: EventReader, stream: StreamRelay, held: list[bytes]) -> None:
     """Read and hold until the first event that carries content (the commit point); the events that
-    arrived with it are held too. Raises UpstreamError for a stream that ends or fails first."""
+    arrived with it are held too, from then on as `_relay_rest` takes them. Raises UpstreamError for a
+    stream that ends or fails first."""
     while True:
         batch = await reader.read()
         if batch is None:
             raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before any content")
-        committed = False
-        for event in batch:
+        for index, event in enumerate(batch):
+            assert not isinstance(event, bytes)  # only past the commit point
             out, commits = stream.feed(event)
             if out:
                 held.append(out)
-            committed = committed or commits
-        if committed:
-            return
+            if commits:
+                held.extend(_relayed(stream, reader.commit(stream.content_prefix, batch, index + 1)))
+                return
+
+
+def _relayed(stream: StreamRelay, batch: list[SSEEvent | bytes]) -> list[bytes]:
+    """What a read's events and passed-through runs of events send the client."""
+    return [item if isinstance(item, bytes) else stream.feed(item)[0] for item in batch]
 
 
 class Watchdog:
@@ -584,7 +590,6 @@ class Router:
                 record.client_disconnected = True
                 return response
             _capture(record.response_body, first)
-            reader.verbatim = stream.content_prefix
             stream_end = min(attempt_end, committed_at + self.config.limits.max_stream_seconds)
             await self._relay_rest(request, response, reader, stream, record, attempt, connection, stream_end)
             record.usage = stream.usage
@@ -623,8 +628,8 @@ class Router:
                 attempt.waited += now - waiting_since
                 if batch is None:
                     out = stream.end()
-                else:  # events to feed, and runs of content events to pass as they came
-                    pieces = [item if isinstance(item, bytes) else stream.feed(item)[0] for item in batch]
+                else:
+                    pieces = _relayed(stream, batch)
                     out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 if out:
                     watchdog.writing = True  # a slow client is not an idle upstream

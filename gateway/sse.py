@@ -68,10 +68,10 @@ class SSEParser:
     def plain(self, chunk: bytes) -> bool:
         """Whether `chunk` is whole events and nothing else, each a single `data: ` line with `\\n`
         framing, with nothing pending from earlier reads: then relaying it needs no parsing, since the
-        parser would find exactly these events and its state would not change."""
+        parser would find exactly these events and be left as it was (but for noting, on the first
+        read, that the stream began without a BOM)."""
         return (
-            self._started
-            and not self._tail
+            not self._tail
             and not self._data
             and self._event is None
             and chunk.startswith(b"data: ")

@@ -246,18 +246,19 @@ class EventReader:
     """The SSE events each network read completes. Whole reads, not single events, so a relay can
     turn everything that arrived together into one write to its client."""
 
-    __slots__ = ("_content", "_done", "_parser", "verbatim")
+    __slots__ = ("_committed", "_content", "_done", "_parser", "_plain_read", "_verbatim")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._content = response.content
         self._parser = SSEParser()
         self._done = False
-        # Set by a relay that passes reads through unparsed where it can (`StreamRelay.content_prefix`).
-        self.verbatim: Callable[[bytes], int] | None = None
+        self._committed = False
+        self._verbatim: Callable[[bytes], int] | None = None  # see `commit`
+        self._plain_read: bytes | None = None  # the last read before the commit point, if it was plain
 
     async def read(self) -> list[SSEEvent | bytes] | None:
-        """The next read's events (possibly none yet), where `verbatim` says so with a leading run of
-        them as the bytes they came in; None once the stream has ended."""
+        """The next read's events (possibly none yet), past the commit point with the leading run of
+        them that `verbatim` passes as the bytes they came in; None once the stream has ended."""
         if self._done:
             return None
         try:
@@ -265,8 +266,10 @@ class EventReader:
         except aiohttp.ClientError as exc:
             raise _body_error(exc, "stream") from None
         if chunk:
-            if self.verbatim is not None and self._parser.plain(chunk):
-                length = self.verbatim(chunk)
+            if not self._committed:
+                self._plain_read = chunk if self._parser.plain(chunk) else None
+            elif self._verbatim is not None and self._parser.plain(chunk):
+                length = self._verbatim(chunk)
                 if length == len(chunk):
                     return [chunk]
                 if length:
@@ -274,3 +277,22 @@ class EventReader:
             return self._parser.feed(chunk)
         self._done = True
         return self._parser.close()
+
+    def commit(
+        self, verbatim: Callable[[bytes], int] | None, events: list[SSEEvent | bytes], fed: int
+    ) -> list[SSEEvent | bytes]:
+        """The commit point came after the first `fed` of the last read's `events`. From now on
+        `verbatim` (`StreamRelay.content_prefix`) may pass runs of plain events through unparsed; the
+        rest of that read is returned as `read` would give it now."""
+        self._committed, self._verbatim = True, verbatim
+        chunk, self._plain_read = self._plain_read, None
+        if chunk is None or verbatim is None:
+            return events[fed:]
+        offset = 0
+        for _ in range(fed):  # a plain read holds one event per blank line
+            offset = chunk.index(b"\n\n", offset) + 2
+        length = verbatim(chunk[offset:]) if offset < len(chunk) else 0
+        if not length:
+            return events[fed:]
+        passed = chunk[offset : offset + length]
+        return [passed, *events[fed + passed.count(b"\n\n") :]]

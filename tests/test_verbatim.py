@@ -48,7 +48,7 @@ def test_plain_reads_are_whole_single_line_data_events_with_nothing_pending() ->
         assert not parser.plain(not_plain), not_plain
     assert parser.feed(CONTENT[:10]) == []  # an event pending from an earlier read
     assert not parser.plain(CONTENT)
-    assert not SSEParser().plain(CONTENT)  # before the first read (a BOM may still be stripped)
+    assert SSEParser().plain(CONTENT) and not SSEParser().plain(b"\xef\xbb\xbf" + CONTENT)  # the first read
 
 
 def test_content_prefix_stops_before_what_the_relay_must_see() -> None:
@@ -74,11 +74,15 @@ def test_content_prefix_stops_before_what_the_relay_must_see() -> None:
 
 
 @pytest.mark.parametrize("wants_usage", [False, True])
-async def test_spaced_reads_pass_verbatim_and_usage_is_still_seen(
-    start_upstream, start_gateway, caplog, monkeypatch, wants_usage
+@pytest.mark.parametrize("arrival", ["spaced", "one_write"])
+async def test_content_passes_verbatim_and_usage_is_still_seen(
+    start_upstream, start_gateway, caplog, monkeypatch, wants_usage, arrival
 ):
     events = text_stream([f"piece {i} " for i in range(12)])
-    upstream = await start_upstream(stream_handler(events, delay=0.01))  # one read per event
+    if arrival == "spaced":  # one read per event
+        upstream = await start_upstream(stream_handler(events, delay=0.01))
+    else:  # the whole stream in one read: content after the commit point passes from within it
+        upstream = await start_upstream(stream_handler([b"".join(events)]))
     gw = await start_gateway(gateway_config(connection("main", upstream)))
     fed = []
     feed = ChatStream.feed
