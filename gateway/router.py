@@ -64,9 +64,9 @@ class StreamRelay(Protocol):
 
     usage: Usage | None
     # Past the commit point, for a relay that passes its own format through: how many leading bytes
-    # of a read of whole plain events (`SSEParser.plain`) hold only content, nothing it must see (an
-    # error, usage, a finish, the end). Those go to the client as they came, unparsed. None: every
-    # event is fed.
+    # of a plain read (`SSEParser.plain`) are whole events that hold only content, nothing it must see
+    # (an error, usage, a finish, the end); `sse.object_events` checks the framing. Those go to the
+    # client as they came, unparsed. None: every event is fed.
     content_prefix: Callable[[bytes], int] | None
 
     def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
@@ -309,7 +309,8 @@ async def _until_content(reader: EventReader, stream: StreamRelay, held: list[by
             if out:
                 held.append(out)
             if commits:
-                held.extend(_relayed(stream, reader.commit(stream.content_prefix, batch, index + 1)))
+                held.extend(_relayed(stream, batch[index + 1 :]))
+                held.extend(_relayed(stream, reader.commit(stream.content_prefix)))
                 return
 
 

@@ -244,9 +244,12 @@ async def read_body(response: aiohttp.ClientResponse, idle: float) -> bytes:
 
 class EventReader:
     """The SSE events each network read completes. Whole reads, not single events, so a relay can
-    turn everything that arrived together into one write to its client."""
+    turn everything that arrived together into one write to its client.
 
-    __slots__ = ("_committed", "_content", "_done", "_parser", "_plain_read", "_verbatim")
+    Before the commit point a plain read (`SSEParser.plain`) is taken one event at a time, the rest
+    kept unparsed: when the commit comes, what follows it in that read can pass as it came."""
+
+    __slots__ = ("_committed", "_content", "_done", "_parser", "_pending", "_verbatim")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._content = response.content
@@ -254,45 +257,57 @@ class EventReader:
         self._done = False
         self._committed = False
         self._verbatim: Callable[[bytes], int] | None = None  # see `commit`
-        self._plain_read: bytes | None = None  # the last read before the commit point, if it was plain
+        self._pending = b""  # before the commit point: the unparsed rest of a plain read
 
     async def read(self) -> list[SSEEvent | bytes] | None:
         """The next read's events (possibly none yet), past the commit point with the leading run of
         them that `verbatim` passes as the bytes they came in; None once the stream has ended."""
+        if self._pending:
+            return self._next_pending()
         if self._done:
             return None
         try:
             chunk = await self._content.readany()
         except aiohttp.ClientError as exc:
             raise _body_error(exc, "stream") from None
-        if chunk:
+        if not chunk:
+            self._done = True
+            return self._parser.close()
+        if self._parser.plain(chunk):
             if not self._committed:
-                self._plain_read = chunk if self._parser.plain(chunk) else None
-            elif self._verbatim is not None and self._parser.plain(chunk):
-                length = self._verbatim(chunk)
-                if length == len(chunk):
-                    return [chunk]
-                if length:
-                    return [chunk[:length], *self._parser.feed(chunk[length:])]
-            return self._parser.feed(chunk)
-        self._done = True
-        return self._parser.close()
+                self._pending = chunk
+                return self._next_pending()
+            if self._verbatim is not None:
+                return self._passed(chunk)
+        return self._parser.feed(chunk)
 
-    def commit(
-        self, verbatim: Callable[[bytes], int] | None, events: list[SSEEvent | bytes], fed: int
-    ) -> list[SSEEvent | bytes]:
-        """The commit point came after the first `fed` of the last read's `events`. From now on
-        `verbatim` (`StreamRelay.content_prefix`) may pass runs of plain events through unparsed; the
-        rest of that read is returned as `read` would give it now."""
+    def _next_pending(self) -> list[SSEEvent | bytes]:
+        """The first event of the pending plain read (or, if it is not a single `data:` line, all of them)."""
+        chunk = self._pending
+        end = chunk.find(b"\n\n")  # a plain read ends with a blank line
+        block = chunk[:end]
+        if block.startswith(b"data: ") and b"\n" not in block:
+            self._pending = chunk[end + 2 :]
+            return [SSEEvent(block[6:])]
+        self._pending = b""
+        return self._parser.feed(chunk)
+
+    def _passed(self, chunk: bytes) -> list[SSEEvent | bytes]:
+        """A plain read past the commit point: its leading content as it came, the rest parsed."""
+        assert self._verbatim is not None
+        length = self._verbatim(chunk)
+        if length == len(chunk):
+            return [chunk]
+        if length:
+            return [chunk[:length], *self._parser.feed(chunk[length:])]
+        return self._parser.feed(chunk)
+
+    def commit(self, verbatim: Callable[[bytes], int] | None) -> list[SSEEvent | bytes]:
+        """The commit point has come. From now on `verbatim` (`StreamRelay.content_prefix`) may pass
+        runs of plain events through unparsed; returns the rest of the read the commit came in, as
+        `read` would give it now."""
         self._committed, self._verbatim = True, verbatim
-        chunk, self._plain_read = self._plain_read, None
-        if chunk is None or verbatim is None:
-            return events[fed:]
-        offset = 0
-        for _ in range(fed):  # a plain read holds one event per blank line
-            offset = chunk.index(b"\n\n", offset) + 2
-        length = verbatim(chunk[offset:]) if offset < len(chunk) else 0
-        if not length:
-            return events[fed:]
-        passed = chunk[offset : offset + length]
-        return [passed, *events[fed + passed.count(b"\n\n") :]]
+        pending, self._pending = self._pending, b""
+        if not pending:
+            return []
+        return self._passed(pending) if verbatim is not None else self._parser.feed(pending)

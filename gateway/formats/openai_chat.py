@@ -21,7 +21,7 @@ from ..errors import UpstreamError, error_from_payload
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, UpstreamCall
-from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
+from ..sse import SSEEvent, SSEParser, encode_comment, encode_event, object_events
 from . import canonical as c
 from .common import bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
 
@@ -122,15 +122,8 @@ class ChatStream:
         if self.done:
             return 0
         found = _NOTEWORTHY.search(chunk)
-        if found is None:
-            end = len(chunk)
-        else:
-            end = chunk.rfind(b"\n\n", 0, found.start()) + 2  # the end of the event before it, or 1: none
-            if end < 2:
-                return 0
-        if chunk.count(b"data: {", 0, end) == chunk.count(b"}\n\n", 0, end) == chunk.count(b"\n\n", 0, end):
-            return end
-        return 0
+        end = len(chunk) if found is None else chunk.rfind(b"\n\n", 0, found.start()) + 2
+        return end if object_events(chunk, end) else 0
 
     def end(self) -> bytes:
         if self.done:
@@ -269,6 +262,9 @@ def build_request(request: c.Request, model: str, connection: Connection) -> dic
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+REASONING_FIELDS = frozenset({"reasoning_content", "reasoning", "reasoning_details"})
 
 
 def _reasoning_text(holder: dict[str, Any]) -> str:
@@ -415,30 +411,37 @@ class ChatDecoder:
         if chunk.get("error") is not None:
             raise error_from_payload(chunk["error"])
         out: list[c.Event] = []
-        choices = chunk.get("choices") or []
-        for choice in choices[:1]:
-            if not isinstance(choice, dict):
+        choices = chunk.get("choices")
+        if choices:
+            if not isinstance(choices, list) or not isinstance(choices[0], dict):
                 raise bad("stream choice is not an object")
+            choice = choices[0]  # n > 1 is not translated: the first choice is the answer
             delta = choice.get("delta") or {}
             if not isinstance(delta, dict):
                 raise bad("stream delta is not an object")
-            reasoning = _reasoning_text(delta)
-            if reasoning:
-                out.append(c.ReasoningDelta(reasoning))
+            if not REASONING_FIELDS.isdisjoint(delta):
+                reasoning = _reasoning_text(delta)
+                if reasoning:
+                    out.append(c.ReasoningDelta(reasoning))
             content = delta.get("content")
-            if isinstance(content, str) and content:
+            if content and isinstance(content, str):
                 self._content(content, out)
-            for raw in delta.get("tool_calls") or []:
-                self._tool_call(raw, out)
+            tool_calls = delta.get("tool_calls")
+            if tool_calls:
+                if not isinstance(tool_calls, list):
+                    raise bad("stream tool_calls is not an array")
+                for raw in tool_calls:
+                    self._tool_call(raw, out)
             if choice.get("finish_reason"):
                 if self.splitter is not None:
                     self._flush(out)
                 reason = _finish(choice["finish_reason"])
                 out.append(c.FinishEvent("tool_calls" if self.started and reason == "stop" else reason))
                 self.finished = True
-        usage = usage_from(chunk.get("usage"))
-        if usage is not None:
-            out.append(c.UsageEvent(usage))
+        if chunk.get("usage") is not None:
+            usage = usage_from(chunk["usage"])
+            if usage is not None:
+                out.append(c.UsageEvent(usage))
         return out
 
     def _content(self, content: str, out: list[c.Event]) -> None:
