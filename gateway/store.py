@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS responses (
 CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
 """
 MAX_CHAIN = 1000  # a conversation longer than this is almost certainly a loop
+AGE_CHECK_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -57,6 +58,7 @@ class ResponseStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="response-store")
         self._db: sqlite3.Connection | None = None
         self._bytes = 0
+        self._next_age_check = 0.0  # time.time() of the next look for expired responses
         self._pending: set[Future[Any]] = set()
         self._queued: list[StoredResponse] = []  # this loop turn's writes (touched on the loop only)
 
@@ -119,34 +121,36 @@ class ResponseStore:
             log.error("storing a response failed: %s", future.exception())
 
     def _write(self, batch: list[StoredResponse]) -> None:
+        """One transaction for a batch: one statement for all its rows (a row's size is what its JSON
+        takes), then eviction. Python here holds the GIL the event loop needs, so it is kept short."""
         now = time.time()
+        rows = []
+        for stored in batch:
+            items, response = orjson.dumps(stored.input_items), orjson.dumps(stored.response)
+            rows.append((stored.id, stored.created_at or now, stored.previous_id, stored.connection,
+                         int(stored.native), items, response, len(items) + len(response)))  # fmt: skip
+        ids = [row[0] for row in rows]
         with self.db:
-            for stored in batch:
-                self._put(stored, now)
+            replaced = self.db.execute(
+                f"SELECT COALESCE(SUM(size), 0) FROM responses WHERE id IN ({','.join('?' * len(ids))})", ids
+            ).fetchone()[0]  # ids are new but for a rewrite of the same answer
+            self.db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._bytes += sum(row[7] for row in rows) - replaced
             self._evict(now)
 
-    def _put(self, stored: StoredResponse, now: float) -> None:
-        items = orjson.dumps(stored.input_items)
-        response = orjson.dumps(stored.response)
-        size = len(items) + len(response)
-        created = stored.created_at or now
-        old = self.db.execute("SELECT size FROM responses WHERE id = ?", (stored.id,)).fetchone()
-        self.db.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (stored.id, created, stored.previous_id, stored.connection, int(stored.native), items, response, size),
-        )
-        self._bytes += size - (old[0] if old else 0)
-
     def _evict(self, now: float) -> None:
-        """Drop what is older than max_age, then the oldest until the total fits max_bytes (within the
-        caller's transaction)."""
-        cutoff = now - self.max_age
-        size, count = self.db.execute(
-            "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM responses WHERE created_at < ?", (cutoff,)
-        ).fetchone()
-        if count:
-            self.db.execute("DELETE FROM responses WHERE created_at < ?", (cutoff,))
-            self._bytes -= size
+        """Drop what is older than max_age (looked for at most every AGE_CHECK_SECONDS: reads skip
+        what has expired anyway), then the oldest until the total fits max_bytes (within the caller's
+        transaction)."""
+        if now >= self._next_age_check:
+            self._next_age_check = now + AGE_CHECK_SECONDS
+            cutoff = now - self.max_age
+            size, count = self.db.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM responses WHERE created_at < ?", (cutoff,)
+            ).fetchone()
+            if count:
+                self.db.execute("DELETE FROM responses WHERE created_at < ?", (cutoff,))
+                self._bytes -= size
         while self._bytes > self.max_bytes:
             oldest = self.db.execute("SELECT id, size FROM responses ORDER BY created_at LIMIT 1").fetchone()
             if oldest is None:
