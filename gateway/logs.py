@@ -62,14 +62,22 @@ def _text(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+# How long a request line may wait in memory before it is written. Under load one write then carries
+# hundreds of lines: fewer system calls, and fewer moments where the event loop lets go of the GIL
+# (the response store's thread takes it then). Warnings and errors are written at the end of the turn.
+FLUSH_SECONDS = 0.05
+
+
 class LoopBatchingHandler(logging.StreamHandler):
-    """Lines logged during one event-loop turn go out in one write: under load, one system call for
-    many request lines. Without a running loop (other threads, start-up) a line is written at once."""
+    """Lines logged on the event loop go out together: warnings and errors at the end of the loop
+    turn, other lines within FLUSH_SECONDS. Without a running loop (other threads, start-up) a line
+    is written at once; `logging.shutdown` at exit writes what is left."""
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._lines: list[str] = []
-        self._scheduled = False
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._urgent = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -77,19 +85,26 @@ class LoopBatchingHandler(logging.StreamHandler):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self.stream.write(line + "\n")
-                self.stream.flush()
+                with self.lock:
+                    self.stream.write(line + "\n")
+                    self.stream.flush()
                 return
             self._lines.append(line)
-            if not self._scheduled:
-                self._scheduled = True
-                loop.call_soon(self.flush)
+            if record.levelno >= logging.WARNING and not self._urgent:
+                self._urgent = True
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_soon(self.flush)
+            elif self._timer is None:
+                self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
         except Exception:
             self.handleError(record)
 
     def flush(self) -> None:
         with self.lock:
-            self._scheduled = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer, self._urgent = None, False
             if self._lines:
                 lines, self._lines = self._lines, []
                 self.stream.write("\n".join(lines) + "\n")
