@@ -325,6 +325,7 @@ class ResponseContext:
     on_final: Callable[[dict[str, Any]], None] | None = None
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
+    _echo: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def finalize(self, response: dict[str, Any]) -> None:
         """A finished answer, whoever produced it; called before its last bytes reach the client."""
@@ -340,6 +341,22 @@ class ResponseContext:
         error: dict[str, Any] | None = None,
         incomplete: str | None = None,
     ) -> dict[str, Any]:
+        """A whole Response object: what this answer says, in the request's echoed fields (built once:
+        a stream sends three of these)."""
+        if self._echo is None:
+            self._echo = self._echoed()
+        obj = dict(self._echo)
+        obj["completed_at"] = int(time.time()) if status in ("completed", "incomplete") else None
+        obj["status"] = status
+        obj["incomplete_details"] = {"reason": incomplete} if incomplete else None
+        obj["output"] = output
+        obj["error"] = error
+        obj["usage"] = usageparse_object(usage) if usage is not None else None
+        return obj
+
+    def _echoed(self) -> dict[str, Any]:
+        """Every field of a Response object in order, with what the request sets (the answer's own
+        fields are placeholders, filled in by `response`)."""
         body = self.body
         reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
         text = body.get("text") if isinstance(body.get("text"), dict) else {}
@@ -347,14 +364,14 @@ class ResponseContext:
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
-            "completed_at": int(time.time()) if status in ("completed", "incomplete") else None,
-            "status": status,
-            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "completed_at": None,
+            "status": None,
+            "incomplete_details": None,
             "model": self.model,
             "previous_response_id": body.get("previous_response_id"),
             "instructions": body.get("instructions") if isinstance(body.get("instructions"), str) else None,
-            "output": output,
-            "error": error,
+            "output": None,
+            "error": None,
             "tools": _echo_tools(body.get("tools")),
             "tool_choice": body.get("tool_choice") or "auto",
             "truncation": body.get("truncation") or "disabled",
@@ -364,7 +381,7 @@ class ResponseContext:
             "top_logprobs": body.get("top_logprobs") or 0,
             "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
             "user": body.get("user"),
-            "usage": usageparse_object(usage) if usage is not None else None,
+            "usage": None,
             "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": body.get("max_tool_calls"),
             "store": self.stored,
@@ -421,9 +438,30 @@ class _Item:
     call: c.ToolCall | None = None
     signature: str | None = None
     done: bool = False
+    # This item's delta event up to its sequence number, and from there to the delta's text: the
+    # event most often sent, built from bytes rather than as a dict to serialize.
+    delta_head: bytes = b""
+    delta_fields: bytes = b""
+
+    def __post_init__(self) -> None:
+        name = _DELTA_EVENTS[self.kind]
+        self.delta_head = f'event: {name}\ndata: {{"type":"{name}","sequence_number":'.encode()
+        fields = f',"item_id":"{self.id}","output_index":{self.index}'
+        if self.kind != "function_call":
+            fields += ',"content_index":0'
+        if self.kind == "message":
+            fields += ',"logprobs":[]'
+        self.delta_fields = (fields + ',"delta":').encode()
 
     def text(self) -> str:
         return "".join(self.parts)
+
+
+_DELTA_EVENTS = {
+    "message": "response.output_text.delta",
+    "reasoning": "response.reasoning_text.delta",
+    "function_call": "response.function_call_arguments.delta",
+}
 
 
 class ResponsesEncoder:
@@ -470,11 +508,11 @@ class ResponsesEncoder:
             out.append(self._part_event("response.content_part.added", item, part))
         return item
 
-    def _delta(self, kind: str, item: _Item, delta: str, **extra: Any) -> bytes:
+    def _delta(self, item: _Item, delta: str) -> bytes:
         item.parts.append(delta)
-        if item.kind != "function_call":
-            extra["content_index"] = 0
-        return self._event(kind, item_id=item.id, output_index=item.index, **extra, delta=delta)
+        sequence = self.sequence
+        self.sequence += 1
+        return b"".join((item.delta_head, str(sequence).encode(), item.delta_fields, orjson.dumps(delta), b"}\n\n"))
 
     def _part_event(self, kind: str, item: _Item, part: dict[str, Any]) -> bytes:
         return self._event(kind, item_id=item.id, output_index=item.index, content_index=0, part=part)
@@ -516,12 +554,12 @@ class ResponsesEncoder:
                     self._close(self.reasoning, out)
                 if self.message is None or self.message.done:
                     self.message = self._open("message", "msg", out)
-                out.append(self._delta("response.output_text.delta", self.message, event.text, logprobs=[]))
+                out.append(self._delta(self.message, event.text))
             elif isinstance(event, c.ReasoningDelta):
                 self._begin(out)
                 if self.reasoning is None or self.reasoning.done:
                     self.reasoning = self._open("reasoning", "rs", out)
-                out.append(self._delta("response.reasoning_text.delta", self.reasoning, event.text))
+                out.append(self._delta(self.reasoning, event.text))
             elif isinstance(event, c.ReasoningSignature):
                 if self.reasoning is not None:
                     self.reasoning.signature = event.signature
@@ -535,7 +573,7 @@ class ResponsesEncoder:
                 item = self.calls.get(event.index)
                 if item is None:
                     raise bad("tool call arguments before its start")
-                out.append(self._delta("response.function_call_arguments.delta", item, event.arguments))
+                out.append(self._delta(item, event.arguments))
             elif isinstance(event, c.FinishEvent):
                 self._begin(out)
                 self.finish = event.reason
