@@ -63,8 +63,11 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         response = await handler(request)
         if not response.prepared:  # the client gets its answer before the bookkeeping below runs
             response.headers.update(record.headers())
-            await response.prepare(request)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionResetError:  # the client hung up before its answer was written
+                record.client_disconnected = True
     except GatewayError as err:
         response = handlers.error_response(record.client_api, err)
     except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method, body too large

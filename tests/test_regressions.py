@@ -4,6 +4,7 @@ open breaker, keys echoed into verdicts and connection tests, config files that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 import orjson
@@ -272,3 +273,27 @@ async def test_watcher_survives_a_non_utf8_file(start_upstream, file_gateway, tm
     gw.write(two_connections(a.url, b.url, 3, tmp_path, server=server))  # fixed: b now comes first
     await asyncio.sleep(0.3)
     assert await gw.served_by() == "b"
+
+
+# --- found by the benchmark: a client gone before its answer is written is not an internal error ----
+
+
+async def test_client_gone_before_the_answer_is_written_is_no_internal_error(
+    start_upstream, start_gateway, caplog, monkeypatch
+):
+    upstream = await start_upstream(ok("hello"))
+    gw = await start_gateway(gateway_config(connection("main", upstream)))
+    write_eof = web.Response.write_eof
+
+    async def closed_transport(self, data=b""):
+        if self.headers.get("x-gateway-connection") == "main":  # only the gateway's answer to the client
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        return await write_eof(self, data)
+
+    monkeypatch.setattr(web.Response, "write_eof", closed_transport)
+    caplog.set_level("INFO")
+    with contextlib.suppress(aiohttp.ClientError):
+        await post(gw.url)
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    (line,) = [r for r in caplog.records if r.name == "gateway.request"]
+    assert line.fields["client_disconnected"] is True and line.fields["connection"] == "main"
