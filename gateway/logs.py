@@ -16,17 +16,19 @@ from .record import RequestRecord
 request_log = logging.getLogger("gateway.request")
 
 
+def json_line(created: float, level: str, logger: str, message: str, fields: dict[str, Any] | None) -> dict[str, Any]:
+    """What a JSON log line holds, in order."""
+    entry: dict[str, Any] = {"time": _timestamp(created), "level": level, "logger": logger, "message": message}
+    if fields:
+        entry.update(fields)
+    return entry
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if fields:
-            entry.update(fields)
+        entry = json_line(
+            record.created, record.levelname.lower(), record.name, record.getMessage(), getattr(record, "fields", None)
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -81,24 +83,27 @@ class LoopBatchingHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                with self.lock:
-                    self.stream.write(line + "\n")
-                    self.stream.flush()
-                return
-            self._lines.append(line)
-            if record.levelno >= logging.WARNING and not self._urgent:
-                self._urgent = True
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer = loop.call_soon(self.flush)
-            elif self._timer is None:
-                self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
+            self.add(self.format(record), urgent=record.levelno >= logging.WARNING)
         except Exception:
             self.handleError(record)
+
+    def add(self, line: str, *, urgent: bool = False) -> None:
+        """A formatted line, to be written with the others of its moment."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            with self.lock:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            return
+        self._lines.append(line)
+        if urgent and not self._urgent:
+            self._urgent = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_soon(self.flush)
+        elif self._timer is None:
+            self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
         with self.lock:
@@ -119,6 +124,12 @@ def setup_logging(config: LoggingConfig, level_override: str | None = None) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level_override or config.level).upper())
+    global _json_handler
+    _json_handler = handler if config.format == "json" else None
+
+
+# The handler of `setup_logging` when it writes JSON lines: request lines then skip the LogRecord.
+_json_handler: LoopBatchingHandler | None = None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -183,5 +194,15 @@ _REQUEST_LINE = vars(logging.LogRecord(request_log.name, logging.INFO, "", 0, "r
 
 
 def log_request(record: RequestRecord, duration: float) -> None:
-    if request_log.isEnabledFor(logging.INFO):
-        request_log.handle(RequestLine(request_fields(record, duration)))
+    if not request_log.isEnabledFor(logging.INFO):
+        return
+    fields = request_fields(record, duration)
+    direct = _json_handler
+    root_handlers = logging.root.handlers
+    if direct is not None and len(root_handlers) == 1 and root_handlers[0] is direct and not request_log.handlers:
+        # Only the JSON handler of `setup_logging` takes it: the line it would format, without the
+        # LogRecord and the handler chain (together half a line's cost).
+        entry = json_line(time.time(), "info", request_log.name, "request", fields)
+        direct.add(orjson.dumps(entry, default=str).decode())
+    else:
+        request_log.handle(RequestLine(fields))

@@ -259,3 +259,43 @@ def test_histogram_buckets_are_inclusive_and_cumulative():
     buckets = {s.labels["le"]: s.value for s in sample_set.samples if s.name.endswith("_bucket")}
     assert buckets["0.01"] == 1 and buckets["0.5"] == 2 and buckets["1.0"] == 3 and buckets["+Inf"] == 4
     assert [s.value for s in sample_set.samples if s.name.endswith("_count")] == [4]
+
+
+async def test_json_request_lines_skip_the_log_record_but_read_the_same(monkeypatch):
+    """`setup_logging`'s JSON handler takes request lines directly: the same line as through the
+    formatter, written with the others of its moment, and through the formatter again once any
+    other handler listens."""
+    import io
+
+    from gateway import logs
+    from gateway.config import LoggingConfig
+    from gateway.errors import ClientApi, Reason
+    from gateway.record import Attempt, RequestRecord, Usage
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    logs.setup_logging(LoggingConfig())
+    monkeypatch.setattr(logs, "_json_handler", logs._json_handler)
+    handler = root.handlers[0]
+    handler.stream = out = io.StringIO()
+    record = RequestRecord("rid", "chat", ClientApi.OPENAI, 0.0, model="m", attempts=[Attempt("main", Reason.OK, 0.5)])
+    record.connection, record.status, record.usage = "main", 200, Usage(3, 4)
+    handled: list[logging.LogRecord] = []
+    handle = logs.request_log.handle
+    monkeypatch.setattr(logs.request_log, "handle", lambda r: handled.append(r) or handle(r))
+    logs.log_request(record, 0.75)
+    assert handled == [] and out.getvalue() == ""  # no LogRecord; held until the batch is written
+    handler.flush()
+    direct = orjson.loads(out.getvalue())
+    formatted = orjson.loads(JsonFormatter().format(logs.RequestLine(logs.request_fields(record, 0.75))))
+    assert direct.pop("time") and formatted.pop("time")
+    assert direct == formatted and direct["tokens"] == {"input": 3, "output": 4, "reasoning": 0}
+    seen: list[logging.LogRecord] = []
+    listener = logging.Handler()
+    listener.emit = seen.append  # type: ignore[method-assign]
+    root.addHandler(listener)
+    logs.log_request(record, 0.75)
+    assert len(seen) == len(handled) == 1 and seen[0].fields["request_id"] == "rid"
+    handler.flush()
+    assert out.getvalue().count("\n") == 2
