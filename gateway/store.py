@@ -2,8 +2,9 @@
 
 Embedded SQLite, one file (mode 0600), bounded by age and size with the oldest evicted first. Every
 database call runs on one dedicated thread, so the event loop never blocks, and calls run in the
-order they were submitted: a write submitted before an answer reaches the client is visible to the
-client's next request. The store belongs to one process; replicas need the shared store to come.
+order they were submitted. Writes wait up to BATCH_SECONDS to go together; a read hands over what
+is queued first, so an answer is visible to the client's next request. The store belongs to one
+process; replicas need the shared store to come.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
 """
 MAX_CHAIN = 1000  # a conversation longer than this is almost certainly a loop
 AGE_CHECK_SECONDS = 10.0
+BATCH_SECONDS = 0.05  # the longest a stored answer waits before it is written (reads never wait for it)
 
 
 @dataclass(slots=True)
@@ -60,7 +62,8 @@ class ResponseStore:
         self._bytes = 0
         self._next_age_check = 0.0  # time.time() of the next look for expired responses
         self._pending: set[Future[Any]] = set()
-        self._queued: list[StoredResponse] = []  # this loop turn's writes (touched on the loop only)
+        self._queued: list[StoredResponse] = []  # writes not yet handed over (touched on the loop only)
+        self._hand_over: asyncio.TimerHandle | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -101,14 +104,18 @@ class ResponseStore:
     # --- writes ------------------------------------------------------------------------------
 
     def submit(self, stored: StoredResponse) -> None:
-        """Queue a write and return at once. The writes of one event-loop turn go to the store's thread
-        together at the end of the turn (or before a read), in one transaction: under load, one
-        hand-over and one commit for many answers. Reads are queued behind them."""
+        """Queue a write and return at once. Writes go to the store's thread together, BATCH_SECONDS
+        after the first of them (or before any read, which so sees them), in one transaction: every
+        hand-over to that thread costs the event loop a wake-up and the GIL, so under load one
+        carries many answers."""
         self._queued.append(stored)
-        if len(self._queued) == 1:
-            asyncio.get_running_loop().call_soon(self._write_queued)
+        if self._hand_over is None:
+            self._hand_over = asyncio.get_running_loop().call_later(BATCH_SECONDS, self._write_queued)
 
     def _write_queued(self) -> None:
+        if self._hand_over is not None:
+            self._hand_over.cancel()
+            self._hand_over = None
         batch, self._queued = self._queued, []
         if batch:
             future = self._executor.submit(self._write, batch)

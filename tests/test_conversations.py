@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway import store as store_module
 from gateway.store import ResponseStore, StoredResponse
 
 from .conftest import connection, gateway_config
@@ -257,7 +258,8 @@ async def test_store_file_mode_and_eviction_by_age_and_size(tmp_path):
         await store.close()
 
 
-async def test_the_writes_of_one_loop_turn_go_in_one_transaction(tmp_path, monkeypatch):
+async def test_writes_go_together_in_one_transaction_within_the_batch_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "BATCH_SECONDS", 0.02)
     store = ResponseStore(str(tmp_path / "responses.db"), max_age_days=1, max_bytes=1 << 20)
     await store.open()
     batches: list[list[str]] = []
@@ -269,7 +271,9 @@ async def test_the_writes_of_one_loop_turn_go_in_one_transaction(tmp_path, monke
         assert [(await store.get(f"r{n}")).response for n in range(5)] == [{"id": f"r{n}"} for n in range(5)]
         assert batches == [["r0", "r1", "r2", "r3", "r4"]]
         store.submit(StoredResponse("r5", "c", False, None, [], {"id": "r5"}))
-        await asyncio.sleep(0)  # the end of the turn: handed to the store's thread without a read
+        await asyncio.sleep(0)
+        assert len(store._queued) == 1  # not yet: later writes may join it
+        await asyncio.sleep(0.1)  # handed to the store's thread without a read
         assert store._queued == []
         assert await store.get("r5") is not None and batches[1:] == [["r5"]]
         store.submit(StoredResponse("r6", "c", False, None, [], {"id": "r6"}))  # closing writes what is queued
