@@ -145,7 +145,7 @@ class LimitsConfig:
 class StoreConfig:
     """Stored Responses (previous_response_id): embedded SQLite, bounded by age and size."""
 
-    path: str = "data/responses.db"
+    path: str = "data/responses.db"  # default: {data_dir}/responses.db
     max_age_days: float = 30.0
     max_bytes: int = 1024 * 1024 * 1024
 
@@ -649,11 +649,11 @@ def _sampling_rules(source: str, data: Any) -> list[SamplingRule]:
     return rules
 
 
-def _store(source: str, data: Any) -> StoreConfig:
+def _store(source: str, data: Any, data_dir: Path) -> StoreConfig:
     r = _Reader(source, "store", data)
     d = StoreConfig()
     out = StoreConfig(
-        path=r.string("path", d.path) or d.path,
+        path=r.string("path") or str(data_dir / "responses.db"),
         max_age_days=float(r.number("max_age_days", d.max_age_days)),
         max_bytes=r.number("max_bytes", d.max_bytes, integer=True),
     )
@@ -898,7 +898,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     refs = References(r.string("data_dir", "data") or "data", r.string("master_key_file"))
     auth = _auth(source, r.get("auth"), refs)
     logging_config = _logging(source, r.get("logging"))
-    store = _store(source, r.get("store"))
+    store = _store(source, r.get("store"), refs.data_dir)
     sampling_rules = _sampling_rules(source, r.get("anthropic_sampling_rules"))
     reliability_reader = _Reader(source, "reliability", r.get("reliability"))
     reliability = _reliability(reliability_reader, Reliability())

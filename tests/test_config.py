@@ -746,3 +746,11 @@ def test_verdict_skipped_only_is_503() -> None:
 def test_verdict_nothing_tried_is_504() -> None:
     err = verdict("gpt-4o", [], [])
     assert (err.status, err.code) == (504, "timeout")
+
+
+def test_stored_responses_live_in_the_data_dir_unless_a_path_is_given() -> None:
+    connection = {"name": "a", "provider": "openai_compatible", "base_url": "http://127.0.0.1:1/v1"}
+    assert parse({"connections": [connection]}).store.path == str(Path("data") / "responses.db")
+    assert parse({"data_dir": "/var/lib/gw", "connections": [connection]}).store.path == "/var/lib/gw/responses.db"
+    given = {"data_dir": "/var/lib/gw", "store": {"path": "/tmp/r.db"}, "connections": [connection]}
+    assert parse(given).store.path == "/tmp/r.db"
