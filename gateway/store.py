@@ -38,6 +38,7 @@ CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
 """
 MAX_CHAIN = 1000  # a conversation longer than this is almost certainly a loop
 AGE_CHECK_SECONDS = 10.0
+ROWS_PER_STATEMENT = 200  # 8 parameters a row: far below SQLite's limit of 32,766
 BATCH_SECONDS = 0.05  # the longest a stored answer waits before it is written (reads never wait for it)
 
 
@@ -136,14 +137,21 @@ class ResponseStore:
             items, response = orjson.dumps(stored.input_items), orjson.dumps(stored.response)
             rows.append((stored.id, stored.created_at or now, stored.previous_id, stored.connection,
                          int(stored.native), items, response, len(items) + len(response)))  # fmt: skip
-        ids = [row[0] for row in rows]
         with self.db:
-            replaced = self.db.execute(
-                f"SELECT COALESCE(SUM(size), 0) FROM responses WHERE id IN ({','.join('?' * len(ids))})", ids
-            ).fetchone()[0]  # ids are new but for a rewrite of the same answer
-            self.db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            self._bytes += sum(row[7] for row in rows) - replaced
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                self._insert(rows[start : start + ROWS_PER_STATEMENT])
             self._evict(now)
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows in one statement: sqlite3 lets go of the GIL for every statement it steps, and each
+        time the event loop's thread must hand it back (executemany: once a row)."""
+        ids = [row[0] for row in rows]
+        replaced = self.db.execute(
+            f"SELECT COALESCE(SUM(size), 0) FROM responses WHERE id IN ({','.join('?' * len(ids))})", ids
+        ).fetchone()[0]  # ids are new but for a rewrite of the same answer
+        values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+        self.db.execute(f"INSERT OR REPLACE INTO responses VALUES {values}", [v for row in rows for v in row])
+        self._bytes += sum(row[7] for row in rows) - replaced
 
     def _evict(self, now: float) -> None:
         """Drop what is older than max_age (looked for at most every AGE_CHECK_SECONDS: reads skip
