@@ -77,6 +77,19 @@ class BridgeStream:
         self.committed = self.committed or commits
         return self.encoder.encode(events), commits
 
+    def relay(self, batch: list[SSEEvent | bytes]) -> bytes:
+        """A read's events decoded together and encoded in one pass (nothing comes as bytes: every
+        event is decoded)."""
+        decode = self.decoder.feed
+        events: list[c.Event] = []
+        for event in batch:
+            assert isinstance(event, SSEEvent)
+            events += decode(event)
+        if not events:
+            return b""
+        self._note(events)
+        return self.encoder.encode(events)
+
     def _note(self, events: list[c.Event]) -> None:
         for event in events:
             if isinstance(event, c.TextDelta):

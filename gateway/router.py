@@ -71,7 +71,12 @@ class StreamRelay(Protocol):
 
     def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
         """Bytes to send the client (may be empty) and whether the event carries content or a finish.
-        Raises UpstreamError for an error event."""
+        Raises UpstreamError for an error event. Until the commit point events come one at a time."""
+        ...
+
+    def relay(self, batch: list[SSEEvent | bytes]) -> bytes:
+        """What the events of one read (and runs of them passed as bytes, see `content_prefix`) send
+        the client; past the commit point. Raises UpstreamError for an error event."""
         ...
 
     def end(self) -> bytes:
@@ -309,14 +314,19 @@ async def _until_content(reader: EventReader, stream: StreamRelay, held: list[by
             if out:
                 held.append(out)
             if commits:
-                held.extend(_relayed(stream, batch[index + 1 :]))
-                held.extend(_relayed(stream, reader.commit(stream.content_prefix)))
+                held.append(stream.relay(batch[index + 1 :]))
+                held.append(stream.relay(reader.commit(stream.content_prefix)))
                 return
 
 
-def _relayed(stream: StreamRelay, batch: list[SSEEvent | bytes]) -> list[bytes]:
-    """What a read's events and passed-through runs of events send the client."""
-    return [item if isinstance(item, bytes) else stream.feed(item)[0] for item in batch]
+class EachEvent:
+    """`StreamRelay.relay` for a relay that takes the events of a read one by one."""
+
+    __slots__ = ()
+
+    def relay(self, batch: list[SSEEvent | bytes]) -> bytes:
+        feed = self.feed  # type: ignore[attr-defined]
+        return b"".join([item if isinstance(item, bytes) else feed(item)[0] for item in batch])
 
 
 class Watchdog:
@@ -627,11 +637,7 @@ class Router:
                 batch = await reader.read()
                 now = watchdog.progress = loop.time()
                 attempt.waited += now - waiting_since
-                if batch is None:
-                    out = stream.end()
-                else:
-                    pieces = _relayed(stream, batch)
-                    out = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                out = stream.end() if batch is None else stream.relay(batch)
                 if out:
                     watchdog.writing = True  # a slow client is not an idle upstream
                     await response.write(out)

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.formats import openai_chat
 from gateway.formats.openai_chat import ChatStream
-from gateway.router import _relayed, _until_content
+from gateway.router import _until_content
 from gateway.sse import SSEParser, object_events
 from gateway.transport import EventReader
 from tests.conftest import CLIENT_KEY, connection, gateway_config
@@ -146,7 +146,7 @@ async def _relay(reads: list[bytes], wants_usage: bool) -> tuple[bytes, ChatStre
     await _until_content(reader, stream, held)
     out = b"".join(held)
     while (batch := await reader.read()) is not None:
-        out += b"".join(_relayed(stream, batch))
+        out += stream.relay(batch)
     return out + stream.end(), stream
 
 

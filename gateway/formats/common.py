@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ..errors import ErrorKind, GatewayError, Reason, UpstreamError
+from ..router import EachEvent
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
 
@@ -124,7 +125,7 @@ class _Entropy:
 random_hex = _Entropy().hex
 
 
-class DecodedPassthrough:
+class DecodedPassthrough(EachEvent):
     """One attempt's stream in the client's own format, passed through event by event; decoded only for
     the commit point, errors (an error event raises) and usage."""
 

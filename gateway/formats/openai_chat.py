@@ -20,7 +20,7 @@ from ..config import Connection
 from ..errors import UpstreamError, error_from_payload
 from ..presets import WireFormat
 from ..record import Usage
-from ..router import Candidate, UpstreamCall
+from ..router import Candidate, EachEvent, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event, object_events
 from . import canonical as c
 from .common import bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
@@ -67,7 +67,7 @@ def usage_from(usage: Any) -> Usage | None:
 _NOTEWORTHY = re.compile(rb'"(?:error|usage|finish_reason)"\s*+:\s*+(?!null)')
 
 
-class ChatStream:
+class ChatStream(EachEvent):
     """One attempt's stream, passed through event by event."""
 
     __slots__ = ("committed", "done", "finished", "usage", "wants_usage")

@@ -23,7 +23,7 @@ from ..config import Connection
 from ..errors import ErrorKind, UpstreamError, classify_status
 from ..presets import WireFormat
 from ..record import Usage
-from ..router import Candidate, UpstreamCall
+from ..router import Candidate, EachEvent, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
 from .common import bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
@@ -549,12 +549,14 @@ class ResponsesEncoder:
             if isinstance(event, c.TextDelta):
                 if not event.text:
                     continue
-                self._begin(out)
-                if self.reasoning is not None:
-                    self._close(self.reasoning, out)
-                if self.message is None or self.message.done:
-                    self.message = self._open("message", "msg", out)
-                out.append(self._delta(self.message, event.text))
+                message = self.message
+                if message is None or message.done or (self.reasoning is not None and not self.reasoning.done):
+                    self._begin(out)
+                    if self.reasoning is not None:
+                        self._close(self.reasoning, out)
+                    if message is None or message.done:
+                        message = self.message = self._open("message", "msg", out)
+                out.append(self._delta(message, event.text))
             elif isinstance(event, c.ReasoningDelta):
                 self._begin(out)
                 if self.reasoning is None or self.reasoning.done:
@@ -643,7 +645,7 @@ def _error_from_event(payload: dict[str, Any]) -> UpstreamError:
     )
 
 
-class ResponsesPassthrough:
+class ResponsesPassthrough(EachEvent):
     """One attempt's native Responses stream, passed through event by event."""
 
     content_prefix = None  # every event is decoded
