@@ -92,14 +92,17 @@ class BridgeStream:
 
     def _note(self, events: list[c.Event]) -> None:
         for event in events:
-            if isinstance(event, c.TextDelta):
-                self.answer_chars += len(event.text)
-            elif isinstance(event, c.ReasoningDelta):
-                self.reasoning_chars += len(event.text)
-            elif isinstance(event, c.ToolCallDelta | c.ToolCallStart):
-                self.answer_chars += len(event.arguments if isinstance(event, c.ToolCallDelta) else event.name)
-            elif isinstance(event, c.UsageEvent):
-                self.usage = event.usage
+            kind = type(event)  # (canonical events are final classes: an identity test is enough)
+            if kind is c.TextDelta:
+                self.answer_chars += len(event.text)  # type: ignore[union-attr]
+            elif kind is c.ReasoningDelta:
+                self.reasoning_chars += len(event.text)  # type: ignore[union-attr]
+            elif kind is c.ToolCallDelta:
+                self.answer_chars += len(event.arguments)  # type: ignore[union-attr]
+            elif kind is c.ToolCallStart:
+                self.answer_chars += len(event.name)  # type: ignore[union-attr]
+            elif kind is c.UsageEvent:
+                self.usage = event.usage  # type: ignore[union-attr]
 
     def end(self) -> bytes:
         events = self.decoder.end()

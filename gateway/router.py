@@ -309,7 +309,7 @@ async def _until_content(reader: EventReader, stream: StreamRelay, held: list[by
         if batch is None:
             raise UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "stream ended before any content")
         for index, event in enumerate(batch):
-            assert not isinstance(event, bytes)  # only past the commit point
+            assert type(event) is not bytes  # only past the commit point
             out, commits = stream.feed(event)
             if out:
                 held.append(out)
@@ -326,7 +326,7 @@ class EachEvent:
 
     def relay(self, batch: list[SSEEvent | bytes]) -> bytes:
         feed = self.feed  # type: ignore[attr-defined]
-        return b"".join([item if isinstance(item, bytes) else feed(item)[0] for item in batch])
+        return b"".join([item if type(item) is bytes else feed(item)[0] for item in batch])
 
 
 class Watchdog:

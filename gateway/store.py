@@ -135,8 +135,11 @@ class ResponseStore:
         rows = []
         for stored in batch:
             items, response = orjson.dumps(stored.input_items), orjson.dumps(stored.response)
+            # The JSON goes in as text: sqlite3 binds a str as it is, but looks for adapters for bytes
+            # (two failed attribute lookups each).
             rows.append((stored.id, stored.created_at or now, stored.previous_id, stored.connection,
-                         int(stored.native), items, response, len(items) + len(response)))  # fmt: skip
+                         int(stored.native), items.decode(), response.decode(),
+                         len(items) + len(response)))  # fmt: skip
         with self.db:
             for start in range(0, len(rows), ROWS_PER_STATEMENT):
                 self._insert(rows[start : start + ROWS_PER_STATEMENT])

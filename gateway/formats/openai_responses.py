@@ -393,7 +393,7 @@ class ResponseContext:
         }
         for key, default in _NUMBER_DEFAULTS:
             value = body.get(key)
-            obj[key] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+            obj[key] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
         return obj
 
 
@@ -487,8 +487,8 @@ class ResponsesEncoder:
         return encode_event(orjson.dumps(payload), kind)
 
     def _begin(self, out: list[bytes]) -> None:
-        if self.sequence == 0:
-            snapshot = self.context.response("in_progress", [], None)
+        if self.sequence == 0:  # both events carry the same snapshot: serialized once
+            snapshot = orjson.Fragment(orjson.dumps(self.context.response("in_progress", [], None)))
             out.append(self._event("response.created", response=snapshot))
             out.append(self._event("response.in_progress", response=snapshot))
 
