@@ -38,7 +38,7 @@ CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
 """
 MAX_CHAIN = 1000  # a conversation longer than this is almost certainly a loop
 AGE_CHECK_SECONDS = 10.0
-ROWS_PER_STATEMENT = 200  # 8 parameters a row: far below SQLite's limit of 32,766
+ROWS_PER_STATEMENT = 64  # the most in one statement (8 parameters a row: SQLite allows 32,766)
 BATCH_SECONDS = 0.05  # the longest a stored answer waits before it is written (reads never wait for it)
 
 
@@ -141,8 +141,13 @@ class ResponseStore:
                          int(stored.native), items.decode(), response.decode(),
                          len(items) + len(response)))  # fmt: skip
         with self.db:
-            for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                self._insert(rows[start : start + ROWS_PER_STATEMENT])
+            start = 0
+            while start < len(rows):
+                # Statements of 64, 32, ... 1 rows: few distinct texts for sqlite3's statement cache
+                # (each cached one holds its compiled program; one per batch size took megabytes).
+                size = min(ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+                self._insert(rows[start : start + size])
+                start += size
             self._evict(now)
 
     def _insert(self, rows: list[tuple[Any, ...]]) -> None:

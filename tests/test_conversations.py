@@ -280,3 +280,20 @@ async def test_writes_go_together_in_one_transaction_within_the_batch_time(tmp_p
     finally:
         await store.close()
     assert batches[2:] == [["r6"]]
+
+
+async def test_a_batch_goes_in_statements_of_few_distinct_sizes(tmp_path, monkeypatch):
+    """Each distinct statement text stays compiled in sqlite3's cache: one per batch size cost megabytes."""
+    store = ResponseStore(str(tmp_path / "responses.db"), max_age_days=1, max_bytes=1 << 20)
+    await store.open()
+    sizes: list[int] = []
+    insert = store._insert
+    monkeypatch.setattr(store, "_insert", lambda rows: sizes.append(len(rows)) or insert(rows))
+    try:
+        for n in range(100):
+            store.submit(StoredResponse(f"r{n}", "c", False, None, [], {"id": f"r{n}", "text": "é" * n}))
+        assert (await store.get("r99")).response["text"] == "é" * 99
+    finally:
+        await store.close()
+    assert sizes == [64, 32, 4]
+    assert store._bytes == sum(len(orjson.dumps({"id": f"r{n}", "text": "é" * n})) + 2 for n in range(100))
