@@ -133,7 +133,8 @@ _json_handler: LoopBatchingHandler | None = None
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
+    """Milliseconds to the microsecond (truncated: round() to 3 digits formats the float as text)."""
+    return None if seconds is None else int(seconds * 1_000_000) / 1000
 
 
 def request_fields(record: RequestRecord, duration: float) -> dict[str, Any]:

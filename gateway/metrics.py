@@ -24,6 +24,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60,
 # The gateway's own cost is sub-millisecond when healthy.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 NO_CONNECTION = "none"
+CODE_CLASSES = tuple(f"{n}xx" for n in range(10))
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -136,7 +137,7 @@ class Metrics:
         """Everything one finished request says: called once per request, from the record."""
         route = (record.route,)
         status = record.status or 0
-        self.requests.add((record.route, record.connection or NO_CONNECTION, f"{status // 100}xx"))
+        self.requests.add((record.route, record.connection or NO_CONNECTION, CODE_CLASSES[min(status // 100, 9)]))
         self.request_duration.observe(route, duration)
         waited = 0.0
         previous = None
