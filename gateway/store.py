@@ -129,11 +129,11 @@ class ResponseStore:
             log.error("storing a response failed: %s", future.exception())
 
     def _write(self, batch: list[StoredResponse]) -> None:
-        """One transaction for a batch: one statement for all its rows (a row's size is what its JSON
+        """One transaction for a batch: its rows in a few statements (a row's size is what its JSON
         takes), then eviction. Python here holds the GIL the event loop needs, so it is kept short."""
         now = time.time()
         rows = []
-        for stored in batch:
+        for stored in {stored.id: stored for stored in batch}.values():  # an id written twice: the last
             items, response = orjson.dumps(stored.input_items), orjson.dumps(stored.response)
             # The JSON goes in as text: sqlite3 binds a str as it is, but looks for adapters for bytes
             # (two failed attribute lookups each).

@@ -297,3 +297,17 @@ async def test_a_batch_goes_in_statements_of_few_distinct_sizes(tmp_path, monkey
         await store.close()
     assert sizes == [64, 32, 4]
     assert store._bytes == sum(len(orjson.dumps({"id": f"r{n}", "text": "é" * n})) + 2 for n in range(100))
+
+
+async def test_an_answer_written_twice_is_kept_once_and_counted_once(tmp_path):
+    store = ResponseStore(str(tmp_path / "responses.db"), max_age_days=1, max_bytes=1 << 20)
+    await store.open()
+    try:
+        store.submit(StoredResponse("r", "c", False, None, [], {"id": "r", "v": 1}))
+        store.submit(StoredResponse("r", "c", False, None, [], {"id": "r", "v": 22}))  # the same batch
+        assert (await store.get("r")).response == {"id": "r", "v": 22}
+        store.submit(StoredResponse("r", "c", False, None, [], {"id": "r", "v": 333}))  # a later batch
+        assert (await store.get("r")).response == {"id": "r", "v": 333}
+    finally:
+        await store.close()
+    assert store._bytes == len(orjson.dumps({"id": "r", "v": 333})) + 2
