@@ -166,10 +166,23 @@ class Bridge:
             answer.add(decoder.end())
             response = answer.result()
         else:
-            response = upstream.parse(body, candidate.connection)
+            response = self.parse(body, candidate)
+        self._estimate(response)
+        return self.client.render(response), response.usage
+
+    def parse(self, body: bytes, candidate: Candidate) -> c.Response:
+        """A connection's whole JSON answer, in its own format."""
+        return self._upstream(candidate.connection).parse(body, candidate.connection)
+
+    def stream_of(self, response: c.Response) -> tuple[bytes, Usage | None]:
+        """A whole answer as the client's complete stream."""
+        self._estimate(response)
+        encoder = self.client.encoder()
+        return encoder.encode(c.events_of(response)) + encoder.finish_stream(response.usage), response.usage
+
+    def _estimate(self, response: c.Response) -> None:
         if response.usage is None:
             response.usage = c.estimate_usage(self.request, c.answer_chars(response), len(response.reasoning))
-        return self.client.render(response), response.usage
 
     def features(self) -> c.Features:
         return c.features(self.request)
@@ -181,6 +194,10 @@ class Bridge:
 
 class SameFormat(Protocol):
     def serves(self, connection: Connection) -> bool: ...
+
+    def parse(self, body: bytes, candidate: Candidate) -> c.Response:
+        """A whole JSON answer of the client's own format (one that answered a stream request)."""
+        ...
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall: ...
 
@@ -219,6 +236,10 @@ class PerConnection:
 
     def stream_relay(self, candidate: Candidate) -> StreamRelay:
         return self._for(candidate.connection).stream_relay(candidate)
+
+    def stream_body(self, candidate: Candidate, body: bytes) -> tuple[bytes, Usage | None]:
+        """An upstream that ignored `stream: true`: its whole answer, as the client's stream."""
+        return self.bridge.stream_of(self._for(candidate.connection).parse(body, candidate))
 
     def features(self) -> c.Features:
         return self.bridge.features()

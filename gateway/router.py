@@ -107,6 +107,11 @@ class Relay(Protocol):
 
     def stream_relay(self, candidate: Candidate) -> StreamRelay: ...
 
+    def stream_body(self, candidate: Candidate, body: bytes) -> tuple[bytes, Usage | None]:
+        """A stream request answered with one JSON body (some upstreams ignore `stream: true`): that
+        answer as the client's whole stream, or UpstreamError (`not_a_stream`) if it is unusable."""
+        ...
+
     def features(self) -> Features:
         """What the request needs from a connection; asked only when a candidate lacks something."""
         ...
@@ -242,7 +247,7 @@ def _timeout(phase: str, seconds: float) -> UpstreamError:
     return UpstreamError(ErrorKind.TIMEOUT, Reason.TIMEOUT, f"no {_PHASE_WORDS[phase]} within {seconds:.3g} s")
 
 
-def _not_a_stream(body: bytes) -> UpstreamError:
+def not_a_stream(body: bytes) -> UpstreamError:
     """A whole body where a stream was asked for: the error it names (a 200 can carry one), else
     `bad_response`, so the next connection may stream the answer."""
     try:
@@ -565,10 +570,12 @@ class Router:
                 attempt.status = upstream.status
                 event_stream = is_event_stream(upstream)
                 streaming = relay.stream and event_stream
-                if relay.stream and not event_stream:  # a client that asked for a stream must get one
+                whole = None  # a stream request answered with one JSON body: that answer as the client's stream
+                if relay.stream and not event_stream:
                     phase = "body"
-                    raise _not_a_stream(await read_body(upstream, limits.idle))
-                if streaming:
+                    whole, usage = relay.stream_body(candidate, await read_body(upstream, limits.idle))
+                    held.append(whole)
+                elif streaming:
                     phase = "content"
                     stream = relay.stream_relay(candidate)
                     reader = EventReader(upstream)
@@ -584,7 +591,7 @@ class Router:
                 raise
             finally:
                 watchdog.close()
-            if not streaming:  # an unusable 200 still falls back
+            if not relay.stream:  # an unusable 200 still falls back
                 payload, usage = relay.response_body(candidate, body, event_stream)
 
             # Committed: from here on the client sees this connection's answer.
@@ -592,7 +599,7 @@ class Router:
             self.states[connection.name].breaker.record(Reason.OK, committed_at)
             attempt.waited = committed_at - sent
             record.connection = connection.name
-            if not streaming:
+            if not relay.stream:
                 record.usage = usage
                 _capture(record.response_body, payload)
                 headers = relayable_headers(upstream.headers)
@@ -611,6 +618,9 @@ class Router:
                 record.client_disconnected = True
                 return response
             _capture(record.response_body, first)
+            if whole is not None:
+                record.usage = usage
+                return response
             stream_end = min(attempt_end, committed_at + self.config.limits.max_stream_seconds)
             await self._relay_rest(request, response, reader, stream, record, attempt, connection, stream_end)
             record.usage = stream.usage

@@ -653,6 +653,9 @@ class NativeMessages:
     def stream_relay(self, candidate: Candidate) -> DecodedPassthrough:
         return DecodedPassthrough(AnthropicDecoder(), stream_error)
 
+    def parse(self, body: bytes, candidate: Candidate) -> c.Response:
+        return parse_response(body)
+
     def features(self) -> c.Features:
         """Used alone (count_tokens) nothing is gated; as a fast path the bridge answers for the request."""
         return c.Features()

@@ -159,6 +159,24 @@ def carries_content(events: list[Event]) -> bool:
     return any(isinstance(e, CONTENT_EVENTS) and not (isinstance(e, TextDelta) and not e.text) for e in events)
 
 
+def events_of(response: Response) -> list[Event]:
+    """A whole answer as the stream events that would have carried it (for an upstream that answered
+    a stream request with one JSON body). Usage is not among them: it goes to `finish_stream`."""
+    events: list[Event] = []
+    if response.reasoning:
+        events.append(ReasoningDelta(response.reasoning))
+    if response.reasoning_signature:
+        events.append(ReasoningSignature(response.reasoning_signature))
+    if response.text or response.refusal:
+        events.append(TextDelta(response.text or response.refusal or ""))
+    for index, call in enumerate(response.tool_calls):
+        events.append(ToolCallStart(index, call.id, call.name))
+        if call.arguments:
+            events.append(ToolCallDelta(index, call.arguments))
+    events.append(FinishEvent(response.finish))
+    return events
+
+
 class Accumulator:
     """Folds stream events into a Response (an upstream that streams to a client that asked for JSON)."""
 

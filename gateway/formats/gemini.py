@@ -606,6 +606,9 @@ class NativeGenerate:
     def stream_relay(self, candidate: Candidate) -> DecodedPassthrough:
         return DecodedPassthrough(GeminiDecoder(), stream_error)
 
+    def parse(self, body: bytes, candidate: Candidate) -> c.Response:
+        return parse_response(body)
+
 
 class NativeCountTokens(NativeGenerate):
     """`countTokens` to a Gemini connection: the body passes through, the answer comes back as it is."""

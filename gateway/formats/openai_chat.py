@@ -20,7 +20,7 @@ from ..config import Connection
 from ..errors import UpstreamError, error_from_payload
 from ..presets import WireFormat
 from ..record import Usage
-from ..router import Candidate, EachEvent, UpstreamCall
+from ..router import Candidate, EachEvent, UpstreamCall, not_a_stream
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event, object_events
 from . import canonical as c
 from .common import bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
@@ -178,6 +178,15 @@ class OpenAIRelay:
 
     def stream_relay(self, candidate: Candidate) -> ChatStream:
         return ChatStream(self.wants_usage)
+
+    def parse(self, body: bytes, candidate: Candidate) -> c.Response:
+        if self.path != "/chat/completions":
+            raise not_a_stream(body)
+        return parse_response(body, candidate.connection)
+
+    def stream_body(self, candidate: Candidate, body: bytes) -> tuple[bytes, Usage | None]:
+        """Completions and embeddings (chat goes through PerConnection and the bridge's encoder)."""
+        raise not_a_stream(body)
 
     def features(self) -> c.Features:
         """Completions and embeddings use none of the gated features (chat goes through the bridge's)."""

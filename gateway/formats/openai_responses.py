@@ -754,6 +754,14 @@ class NativeResponses:
     def stream_relay(self, candidate: Candidate) -> ResponsesPassthrough:
         return ResponsesPassthrough(self.context)
 
+    def parse(self, body: bytes, candidate: Candidate) -> c.Response:
+        """The streamed answer keeps the upstream's response id: it is the one a later
+        previous_response_id must name to reach this connection's own conversation state."""
+        response = parse_response(body)
+        if isinstance(response.id, str) and response.id:
+            self.context.id = response.id
+        return response
+
 
 # --- the Responses API as the upstream format of a translated request --------------------------
 
