@@ -13,11 +13,11 @@ from typing import Protocol
 from .config import Connection
 from .errors import UpstreamError
 from .formats import canonical as c
-from .formats.common import unsupported
+from .formats.common import fold_stream, unsupported
 from .presets import WireFormat
 from .record import Usage
 from .router import Candidate, StreamRelay, UpstreamCall
-from .sse import SSEEvent, SSEParser
+from .sse import SSEEvent
 
 
 class Decoder(Protocol):
@@ -156,15 +156,8 @@ class Bridge:
         return self._upstream(candidate.connection).call(self.request, candidate)
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
-        upstream = self._upstream(candidate.connection)
         if event_stream:  # the upstream streamed although asked for JSON: fold it into one answer
-            decoder = upstream.decoder(candidate.connection)
-            answer = c.Accumulator()
-            parser = SSEParser()
-            for event in parser.feed(body) + parser.close():
-                answer.add(decoder.feed(event))
-            answer.add(decoder.end())
-            response = answer.result()
+            response = fold_stream(body, self._upstream(candidate.connection).decoder(candidate.connection))
         else:
             response = self.parse(body, candidate)
         self._estimate(response)

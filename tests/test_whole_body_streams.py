@@ -10,9 +10,12 @@ import orjson
 import pytest
 from aiohttp import web
 from anthropic.types import Message
+from google.genai import types as genai_types
 from openai.types.chat import ChatCompletionChunk
 
 from .conftest import connection, gateway_config
+from .mock_anthropic import Answer, Block
+from .mock_gemini import USAGE, Chunk, chunk_body
 from .mock_openai import json_handler
 from .responses_checks import check_stream, parse_sse
 from .test_clients import claude, google, upstream_kinds
@@ -136,3 +139,44 @@ async def test_a_native_responses_answer_keeps_its_own_id(start_upstream, start_
     assert final["id"] == "resp_upstream_1" and final["output"][-1]["content"][0]["text"] == "native"
     await client.responses.create(model="m", input="again", previous_response_id="resp_upstream_1")
     assert upstream.requests[-1].json["previous_response_id"] == "resp_upstream_1"
+
+
+# --- the other way: an Anthropic or Gemini upstream that streams although asked for JSON -----------
+
+
+def sse_only(body: bytes):
+    """A provider that streams every answer, whatever it was asked for."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/event-stream")
+
+    return handler
+
+
+async def test_anthropic_client_gets_one_message_from_an_always_streaming_anthropic_upstream(
+    start_upstream, start_gateway
+):
+    events = Answer([Block("thinking", ["Let me ", "think."]), Block("text", ["Hello", " there!"])]).events()
+    upstream = await start_upstream(sse_only(b"".join(events)))
+    gw = await start_gateway(gateway_config(connection("up", upstream, provider="anthropic")))
+    client = claude(gw)
+    try:
+        raw = await client.messages.with_raw_response.create(
+            model="claude-x", max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+        )
+    finally:
+        await client.close()
+    assert raw.headers["x-gateway-attempts"] == "up:ok" and raw.headers["content-type"] == "application/json"
+    message = Message.model_validate(orjson.loads(raw.http_response.content))
+    assert [b.type for b in message.content] == ["thinking", "text"] and message.content[1].text == "Hello there!"
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0
+
+
+async def test_gemini_client_gets_one_answer_from_an_always_streaming_gemini_upstream(start_upstream, start_gateway):
+    chunks = [Chunk([{"text": "Hello"}]), Chunk([{"text": " there!"}], finish="STOP")]
+    body = b"".join(b"data: " + orjson.dumps(chunk_body(c, i == 1)) + b"\r\n\r\n" for i, c in enumerate(chunks))
+    upstream = await start_upstream(sse_only(body))
+    gw = await start_gateway(gateway_config(connection("up", upstream, provider="gemini")))
+    answer = await google(gw).aio.models.generate_content(model="gemini-any", contents="Hi")
+    assert answer.text == "Hello there!" and answer.usage_metadata.prompt_token_count == USAGE["promptTokenCount"]
+    assert answer.candidates[0].finish_reason == genai_types.FinishReason.STOP

@@ -30,6 +30,7 @@ from .common import (
     bad,
     call_arguments,
     count,
+    fold_stream,
     leftover_fields,
     loads_object,
     optional,
@@ -643,6 +644,10 @@ class NativeMessages:
         return UpstreamCall(self.path, orjson.dumps(body), headers)
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
+        if event_stream and self.path == "/messages":  # streamed although asked for JSON: one Message
+            response = fold_stream(body, AnthropicDecoder())
+            client = AnthropicClient(str(self.body.get("model")), lambda: parse_messages_request(self.body))
+            return client.render(response), response.usage
         if event_stream:
             raise bad("an Anthropic upstream streamed although asked for JSON")
         message = parse_object(body, "2xx response body")

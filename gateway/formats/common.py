@@ -11,7 +11,7 @@ import orjson
 
 from ..errors import ErrorKind, GatewayError, Reason, UpstreamError
 from ..router import EachEvent
-from ..sse import SSEEvent, encode_event
+from ..sse import SSEEvent, SSEParser, encode_event
 from . import canonical as c
 
 log = logging.getLogger("gateway.formats")
@@ -123,6 +123,17 @@ class _Entropy:
 
 
 random_hex = _Entropy().hex
+
+
+def fold_stream(body: bytes, decoder: Any) -> c.Response:
+    """A whole SSE body (an upstream that streamed although asked for JSON) -> one canonical Response,
+    through the format's own stream decoder."""
+    parser = SSEParser()
+    answer = c.Accumulator()
+    for event in parser.feed(body) + parser.close():
+        answer.add(decoder.feed(event))
+    answer.add(decoder.end())
+    return answer.result()
 
 
 class DecodedPassthrough(EachEvent):

@@ -25,6 +25,7 @@ from .common import (
     bad,
     call_arguments,
     count,
+    fold_stream,
     leftover_fields,
     loads_object,
     optional,
@@ -597,8 +598,9 @@ class NativeGenerate:
         return UpstreamCall(f"/models/{model}:{method}", orjson.dumps(self.body), {"Content-Type": "application/json"})
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
-        if event_stream:
-            raise bad("a Gemini upstream streamed although asked for JSON")
+        if event_stream:  # streamed although asked for JSON: one GenerateContentResponse
+            response = fold_stream(body, GeminiDecoder())
+            return GeminiClient(candidate.model.removeprefix("models/")).render(response), response.usage
         decoder = GeminiDecoder()
         decoder.chunk(parse_object(body, "2xx response body"))  # raises for errors and failed finishes
         return body, decoder.usage

@@ -21,9 +21,9 @@ from ..errors import UpstreamError, error_from_payload
 from ..presets import WireFormat
 from ..record import Usage
 from ..router import Candidate, EachEvent, UpstreamCall, not_a_stream
-from ..sse import SSEEvent, SSEParser, encode_comment, encode_event, object_events
+from ..sse import SSEEvent, encode_comment, encode_event, object_events
 from . import canonical as c
-from .common import bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
+from .common import bad, count, fold_stream, invalid_value, leftover_fields, optional, parse_object, random_hex
 
 log = logging.getLogger("gateway.formats.chat")
 
@@ -496,13 +496,7 @@ class ChatDecoder:
 
 def aggregate(body: bytes, connection: Connection) -> c.Response:
     """A whole Chat SSE body -> one canonical Response."""
-    parser = SSEParser()
-    decoder = ChatDecoder(connection)
-    accumulator = c.Accumulator()
-    for event in parser.feed(body) + parser.close():
-        accumulator.add(decoder.feed(event))
-    accumulator.add(decoder.end())
-    return accumulator.result()
+    return fold_stream(body, ChatDecoder(connection))
 
 
 def render_response(response: c.Response, model: str) -> dict[str, Any]:
