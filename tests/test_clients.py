@@ -16,7 +16,7 @@ from google.genai import types as genai_types
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_anthropic import Answer, Block, anthropic_error, anthropic_handler
 from .mock_gemini import Chunk, gemini_error, gemini_handler
-from .mock_openai import chunk, completion, error_handler
+from .mock_openai import chunk, completion, error_handler, stream_handler
 
 WEATHER_TOOL = {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}
 
@@ -398,3 +398,47 @@ async def test_anthropic_client_reaches_a_native_responses_connection_through_it
         assert upstream.requests[-1].path == "/chat/completions" and upstream.requests[-1].json["stop"] == ["END"]
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("order", ["interleaved", "one_after_another"])
+async def test_anthropic_sdk_gets_parallel_tool_calls_whose_arguments_interleave(start_upstream, start_gateway, order):
+    """A Chat upstream may send the arguments of parallel calls interleaved; Anthropic blocks close in
+    order, so the second call waits, whole, for the end of the message."""
+
+    def sse(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + orjson.dumps(chunk(delta, finish=finish)) + b"\n\n"
+
+    def start(index: int, name: str) -> bytes:
+        call = {"index": index, "id": f"call_{index}", "type": "function", "function": {"name": name, "arguments": ""}}
+        return sse({"tool_calls": [call]})
+
+    def args(index: int, piece: str) -> bytes:
+        return sse({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+
+    if order == "interleaved":
+        events = [start(0, "get_weather"), start(1, "get_time"), args(0, '{"city": '), args(1, '{"tz": '),
+                  args(0, '"Paris"}'), args(1, '"CET"}')]  # fmt: skip
+    else:
+        events = [start(0, "get_weather"), args(0, '{"city": '), args(0, '"Paris"}'),
+                  start(1, "get_time"), args(1, '{"tz": '), args(1, '"CET"}')]  # fmt: skip
+    events += [sse({}, finish="tool_calls"), b"data: [DONE]\n\n"]
+    upstream = await start_upstream(stream_handler(events))
+    gw = await start_gateway(gateway_config(connection("up", upstream)))
+    client = claude(gw)
+    try:
+        async with client.messages.stream(
+            model="m", max_tokens=100, messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER_TOOL]
+        ) as stream:
+            events_seen = [event async for event in stream]
+            final = await stream.get_final_message()
+    finally:
+        await client.close()
+    Message.model_validate(final.model_dump())
+    starts = [e.index for e in events_seen if e.type == "content_block_start"]
+    stops = [e.index for e in events_seen if e.type == "content_block_stop"]
+    assert starts == stops == [0, 1]
+    assert [(b.id, b.name, b.input) for b in final.content] == [
+        ("call_0", "get_weather", {"city": "Paris"}),
+        ("call_1", "get_time", {"tz": "CET"}),
+    ]
+    assert final.stop_reason == "tool_use"

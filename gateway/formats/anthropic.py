@@ -535,7 +535,10 @@ def _sse(kind: str, payload: dict[str, Any]) -> bytes:
 
 class AnthropicEncoder:
     """Canonical events -> Messages stream events. Blocks open, stream and close one at a time with
-    contiguous indexes; message_start carries usage and message_delta the output tokens."""
+    contiguous indexes; message_start carries usage and message_delta the output tokens.
+
+    A tool call that starts while another one streams waits, whole, for the end of the message:
+    upstreams may interleave the arguments of parallel calls, and a closed block cannot take more."""
 
     def __init__(self, client: AnthropicClient) -> None:
         self.client = client
@@ -543,6 +546,7 @@ class AnthropicEncoder:
         self.index = -1  # of the open block
         self.open: str | None = None  # its kind: text, thinking, tool_use
         self.tool_block: dict[int, int] = {}  # upstream tool index -> block index
+        self.waiting: dict[int, tuple[str, str, list[str]]] = {}  # upstream tool index -> id, name, arguments
         self.finish: c.Finish = "stop"
 
     def _begin(self, out: list[bytes]) -> None:
@@ -587,19 +591,33 @@ class AnthropicEncoder:
                 out.append(self._delta({"type": "signature_delta", "signature": event.signature}))
             elif isinstance(event, c.ToolCallStart):
                 self._begin(out)
-                self._block("tool_use", out, {"type": "tool_use", "id": event.id, "name": event.name, "input": {}})
-                self.tool_block[event.index] = self.index
+                if self.open == "tool_use":
+                    self.waiting[event.index] = (event.id, event.name, [])
+                else:
+                    self._tool_block(event.id, event.name, out)
+                    self.tool_block[event.index] = self.index
             elif isinstance(event, c.ToolCallDelta):
-                if self.tool_block.get(event.index) != self.index or self.open != "tool_use":
-                    raise bad("tool call arguments interleaved with another block")
-                out.append(self._delta({"type": "input_json_delta", "partial_json": event.arguments}))
+                waiting = self.waiting.get(event.index)
+                if waiting is not None:
+                    waiting[2].append(event.arguments)
+                elif self.tool_block.get(event.index) != self.index or self.open != "tool_use":
+                    raise bad("tool call arguments after their block was closed by text or reasoning")
+                else:
+                    out.append(self._delta({"type": "input_json_delta", "partial_json": event.arguments}))
             elif isinstance(event, c.FinishEvent):
                 self.finish = event.reason
         return b"".join(out)
 
+    def _tool_block(self, call_id: str, name: str, out: list[bytes]) -> None:
+        self._block("tool_use", out, {"type": "tool_use", "id": call_id, "name": name, "input": {}})
+
     def finish_stream(self, usage: Usage | None) -> bytes:
         out: list[bytes] = []
         self._begin(out)
+        for call_id, name, arguments in self.waiting.values():  # the calls that waited, each whole
+            self._tool_block(call_id, name, out)
+            if arguments:
+                out.append(self._delta({"type": "input_json_delta", "partial_json": "".join(arguments)}))
         self._close(out)
         delta = {"stop_reason": FINISH_TO_STOP[self.finish], "stop_sequence": None}
         out.append(_sse("message_delta", {"delta": delta, "usage": _usageparse_object(usage)}))
