@@ -86,6 +86,21 @@ def claude(gw) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0, timeout=10)
 
 
+async def claude_stream(gw, **request: Any) -> tuple[list[Any], Message]:
+    """A streamed Messages request through the anthropic SDK: its events and the final message, valid."""
+    client = claude(gw)
+    try:
+        async with client.messages.stream(
+            model="m", max_tokens=100, messages=[{"role": "user", "content": "Hi"}], **request
+        ) as stream:
+            events = [event async for event in stream]
+            final = await stream.get_final_message()
+    finally:
+        await client.close()
+    Message.model_validate(final.model_dump())
+    return events, final
+
+
 def google(gw, api_version: str = "v1beta") -> genai.Client:
     options = genai_types.HttpOptions(base_url=gw.url + "/", api_version=api_version)
     return genai.Client(api_key=CLIENT_KEY, http_options=options)
@@ -146,16 +161,7 @@ async def test_anthropic_sdk_stream_and_final_message(start_upstream, start_gate
     extra, handler = upstream_kinds(call)[kind]
     upstream = await start_upstream(handler)
     gw = await start_gateway(gateway_config(connection("up", upstream, **extra)))
-    client = claude(gw)
-    try:
-        async with client.messages.stream(
-            model="m", max_tokens=100, messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER_TOOL]
-        ) as stream:
-            events = [event async for event in stream]
-            final = await stream.get_final_message()
-    finally:
-        await client.close()
-    Message.model_validate(final.model_dump())
+    events, final = await claude_stream(gw, tools=[WEATHER_TOOL])
     kinds = [e.type for e in events]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
     starts = [e.index for e in events if e.type == "content_block_start"]
@@ -424,16 +430,7 @@ async def test_anthropic_sdk_gets_parallel_tool_calls_whose_arguments_interleave
     events += [sse({}, finish="tool_calls"), b"data: [DONE]\n\n"]
     upstream = await start_upstream(stream_handler(events))
     gw = await start_gateway(gateway_config(connection("up", upstream)))
-    client = claude(gw)
-    try:
-        async with client.messages.stream(
-            model="m", max_tokens=100, messages=[{"role": "user", "content": "Hi"}], tools=[WEATHER_TOOL]
-        ) as stream:
-            events_seen = [event async for event in stream]
-            final = await stream.get_final_message()
-    finally:
-        await client.close()
-    Message.model_validate(final.model_dump())
+    events_seen, final = await claude_stream(gw, tools=[WEATHER_TOOL])
     starts = [e.index for e in events_seen if e.type == "content_block_start"]
     stops = [e.index for e in events_seen if e.type == "content_block_stop"]
     assert starts == stops == [0, 1]

@@ -18,7 +18,7 @@ from .mock_anthropic import Answer, Block
 from .mock_gemini import USAGE, Chunk, chunk_body
 from .mock_openai import json_handler
 from .responses_checks import check_stream, parse_sse
-from .test_clients import claude, google, upstream_kinds
+from .test_clients import claude, claude_stream, google, upstream_kinds
 
 
 class AsIfNotStreamed:
@@ -88,17 +88,8 @@ async def test_responses_client_gets_a_valid_event_sequence(start_upstream, star
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
 async def test_anthropic_client_gets_a_valid_message_stream(start_upstream, start_gateway, kind):
     _, gw = await upstream_gateway(start_upstream, start_gateway, kind)
-    client = claude(gw)
-    try:
-        async with client.messages.stream(
-            model="m", max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
-        ) as stream:
-            kinds = [event.type async for event in stream]
-            final = await stream.get_final_message()
-    finally:
-        await client.close()
-    Message.model_validate(final.model_dump())
-    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    events, final = await claude_stream(gw)
+    assert events[0].type == "message_start" and events[-1].type == "message_stop"
     assert [b.text for b in final.content] == ["Hello there!"] and final.stop_reason == "end_turn"
 
 
