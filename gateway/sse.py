@@ -67,7 +67,7 @@ class SSEParser:
 
     def plain(self, chunk: bytes) -> bool:
         """Whether `chunk` can be relayed or split without this parser: it begins with a `data: `
-        line and ends with a blank line, with `\n` framing only and nothing pending from earlier
+        line and ends with a blank line, with `\\n` framing only and nothing pending from earlier
         reads. (What lies between is for the caller to check, see `object_events`; a plain first
         read also tells the parser the stream began without a BOM.)"""
         if self._tail or self._data or self._event is not None:
@@ -108,8 +108,8 @@ class SSEParser:
 
 
 def object_events(chunk: bytes, end: int) -> bool:
-    """Whether `chunk[:end]` is whole events of one `data: {...}` line each, `\n` framed: then every
-    line break in it is part of an `}\n\ndata: {` between two events or the final `}\n\n`. Two
+    """Whether `chunk[:end]` is whole events of one `data: {...}` line each, `\\n` framed: then every
+    line break in it is part of an `}\\n\\ndata: {` between two events or the final `}\\n\\n`. Two
     scans in C, for a relay that passes such events on unparsed."""
     return (
         end >= 10
