@@ -563,18 +563,19 @@ class Router:
         phase = "headers"
         # Until the commit point: headers, then the first content event or the whole body. One timer
         # (asyncio.timeout's context and its rescheduling cost 4% of a request's instructions).
-        watchdog = Watchdog(math.inf, commit_by)
+        deadline = commit_by
+        watchdog = Watchdog(math.inf, deadline)
         try:
             try:
                 upstream = await self._open(request, record, connection, "POST", call, key, chain_deadline)
                 attempt.status = upstream.status
                 event_stream = is_event_stream(upstream)
                 streaming = relay.stream and event_stream
-                whole = None  # a stream request answered with one JSON body: that answer as the client's stream
-                if relay.stream and not event_stream:
+                whole_body = relay.stream and not event_stream  # an upstream that ignored `stream: true`
+                if whole_body:
                     phase = "body"
-                    whole, usage = relay.stream_body(candidate, await read_body(upstream, limits.idle))
-                    held.append(whole)
+                    converted, usage = relay.stream_body(candidate, await read_body(upstream, limits.idle))
+                    held.append(converted)
                 elif streaming:
                     phase = "content"
                     stream = relay.stream_relay(candidate)
@@ -583,11 +584,12 @@ class Router:
                 else:
                     phase = "body"
                     attempt.ttfb = loop.time() - sent
-                    watchdog.extend(attempt_end)
+                    deadline = attempt_end
+                    watchdog.extend(deadline)
                     body = await read_body(upstream, limits.idle)
             except asyncio.CancelledError:
                 if watchdog.claim():
-                    raise _timeout(phase, (commit_by if phase != "body" else attempt_end) - sent) from None
+                    raise _timeout(phase, deadline - sent) from None
                 raise
             finally:
                 watchdog.close()
@@ -618,7 +620,7 @@ class Router:
                 record.client_disconnected = True
                 return response
             _capture(record.response_body, first)
-            if whole is not None:
+            if whole_body:
                 record.usage = usage
                 return response
             stream_end = min(attempt_end, committed_at + self.config.limits.max_stream_seconds)

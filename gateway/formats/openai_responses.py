@@ -440,8 +440,8 @@ class _Item:
     done: bool = False
     # This item's delta event up to its sequence number, and from there to the delta's text: the
     # event most often sent, built from bytes rather than as a dict to serialize.
-    delta_head: bytes = b""
-    delta_fields: bytes = b""
+    delta_head: bytes = field(init=False)
+    delta_fields: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         name = _DELTA_EVENTS[self.kind]
