@@ -11,12 +11,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .config import Connection
+from .contracts import Candidate, Dialect, StreamRelay, UpstreamCall
 from .errors import UpstreamError
 from .formats import canonical as c
-from .formats.common import fold_stream, unsupported
-from .presets import WireFormat
-from .record import Usage
-from .router import Candidate, StreamRelay, UpstreamCall
+from .formats.base import fold_stream, unsupported
+from .formats.canonical import Usage
 from .sse import SSEEvent
 
 
@@ -27,7 +26,7 @@ class Decoder(Protocol):
 
 
 class UpstreamFormat(Protocol):
-    wire_format: WireFormat
+    dialect: Dialect
 
     def accepts(self, connection: Connection, request: c.Request) -> bool:
         """Whether this format is how `request` should reach `connection`."""
@@ -144,7 +143,7 @@ class Bridge:
         return self._request
 
     def serves(self, connection: Connection) -> bool:
-        return any(u.wire_format is connection.wire_format for u in self.upstreams)
+        return any(u.dialect is connection.dialect for u in self.upstreams)
 
     def _upstream(self, connection: Connection) -> UpstreamFormat:
         request = self.request

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from .config import GLOB_CHARS, CatalogConfig, Config, Connection
+from .contracts import Dialect
 from .errors import UpstreamError
-from .formats.common import bad
-from .presets import WireFormat
+from .formats.base import bad
 from .transport import Transport, scrub_text
 
 log = logging.getLogger("gateway.catalog")
@@ -28,9 +28,9 @@ GATEWAY_OWNER = "gateway"  # the owner of alias and route names
 
 def listing_request(connection: Connection) -> tuple[str, dict[str, str]]:
     """Path and extra headers of a connection's model listing."""
-    if connection.wire_format is WireFormat.ANTHROPIC:
+    if connection.dialect is Dialect.ANTHROPIC:
         return "/models?limit=1000", {"anthropic-version": connection.anthropic_version}
-    if connection.wire_format is WireFormat.GEMINI:
+    if connection.dialect is Dialect.GEMINI:
         return "/models?pageSize=1000", {}
     return "/models", {}
 
@@ -41,7 +41,7 @@ def parse_listing(connection: Connection, body: bytes) -> list[str]:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise bad("model listing is not JSON") from None
-    gemini = connection.wire_format is WireFormat.GEMINI
+    gemini = connection.dialect is Dialect.GEMINI
     items = parsed.get("models" if gemini else "data") if isinstance(parsed, dict) else None
     if not isinstance(items, list):
         raise bad("model listing has no list of models")

@@ -27,9 +27,9 @@ from .presets import (
     SAMPLERS,
     AuthStyle,
     Capabilities,
+    Dialect,
     Preset,
     SamplingRule,
-    WireFormat,
 )
 
 log = logging.getLogger("gateway.config")
@@ -85,7 +85,7 @@ class Reliability:
 class Connection:
     name: str
     provider: str
-    wire_format: WireFormat
+    dialect: Dialect
     auth: AuthStyle
     base_url: str | None
     api_keys: tuple[str, ...] = field(repr=False)  # used in turn (round robin)
@@ -774,7 +774,7 @@ def _connection(
     connection = Connection(
         name=name,
         provider=provider,
-        wire_format=preset.wire_format,
+        dialect=preset.dialect,
         auth=preset.auth,
         base_url=base_url,
         api_keys=tuple(api_keys),

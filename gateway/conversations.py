@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from .bridge import Bridge, PerConnection
+from .contracts import Candidate, UpstreamCall
 from .errors import GatewayError
 from .formats.openai_responses import NativeResponses, ResponseContext
-from .router import Candidate, UpstreamCall
 from .store import ResponseStore, StoredResponse
 
 

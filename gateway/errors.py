@@ -12,8 +12,6 @@ import time
 from collections.abc import Mapping
 from enum import StrEnum
 
-import orjson
-
 
 class Reason(StrEnum):
     OK = "ok"
@@ -64,14 +62,6 @@ class UpstreamError(Exception):
         self.body = body
         self.content_type = content_type
         self.retry_after = retry_after
-
-
-class ClientApi(StrEnum):
-    """The API a client speaks, which decides the shape of every error it is sent."""
-
-    OPENAI = "openai"
-    ANTHROPIC = "anthropic"
-    GEMINI = "gemini"
 
 
 class GatewayError(Exception):
@@ -178,70 +168,3 @@ def _seconds(value: str | None) -> float | None:
     except ValueError:
         return None
     return max(0.0, number) if math.isfinite(number) else None
-
-
-def error_from_payload(error: object) -> UpstreamError:
-    """An `{"error": ...}` object inside a 200 body or a stream event, as an UpstreamError. OpenAI,
-    Anthropic and Gemini error objects all carry `message`; the status comes from a numeric `code`
-    (Gemini) or, from `type` / `code` words, 429 for rate and quota errors, else 500."""
-    if isinstance(error, dict):
-        message = str(error.get("message") or "upstream error")
-        code = error.get("code")
-        status = code if isinstance(code, int) and 400 <= code < 600 else None
-        if status is None:
-            kind = f"{error.get('type') or ''} {code or ''}".lower()
-            status = 429 if "rate" in kind or "quota" in kind else 500
-    else:
-        message, status = str(error), 500
-    reason = classify_status(status, message.encode())
-    return UpstreamError(ErrorKind.PROTOCOL, reason, f"error event from upstream: {message[:200]}")
-
-
-# --- rendering errors in the client's own format -------------------------------------------------
-
-_OPENAI_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-    504: "timeout",
-}
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-}
-_GEMINI_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
-
-def error_object(api: ClientApi, status: int, message: str, code: str | None = None, param: str | None = None):
-    """The JSON-able error body a client of `api` expects for an HTTP `status`."""
-    if api is ClientApi.ANTHROPIC:
-        kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    if api is ClientApi.GEMINI:
-        state = _GEMINI_STATUS.get(status, "FAILED_PRECONDITION" if status < 500 else "INTERNAL")
-        return {"error": {"code": status, "message": message, "status": state}}
-    kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def render_error(api: ClientApi, status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
-    return orjson.dumps(error_object(api, status, message, code, param))

@@ -12,17 +12,18 @@ from aiohttp import web
 
 from . import conversations
 from .bridge import Bridge, PerConnection, UpstreamFormat
-from .errors import ClientApi, GatewayError, render_error
+from .contracts import Dialect, Relay
+from .errors import GatewayError
 from .formats import openai_responses as responses_format
 from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
+from .formats.base import random_hex, render_error
 from .formats.canonical import Request, estimate_tokens, request_chars
-from .formats.common import random_hex
 from .formats.gemini import GeminiClient, GeminiUpstream, NativeCountTokens, NativeGenerate, parse_generate_request
 from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
 from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient, ResponsesUpstream
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
-from .router import Relay, plan
+from .router import plan
 from .state import GATEWAY, RECORD, Gateway
 from .store import StoredResponse
 
@@ -34,17 +35,17 @@ REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 # The API a route's clients speak, for the generation routes; the rest are decided by path and headers.
 _ROUTE_API = {
-    "chat": ClientApi.OPENAI,
-    "completions": ClientApi.OPENAI,
-    "embeddings": ClientApi.OPENAI,
-    "responses": ClientApi.OPENAI,
-    "messages": ClientApi.ANTHROPIC,
-    "count_tokens": ClientApi.ANTHROPIC,
-    "generate_content_beta": ClientApi.GEMINI,  # (under /v1/ only the Gemini methods make a Gemini client)
+    "chat": Dialect.OPENAI,
+    "completions": Dialect.OPENAI,
+    "embeddings": Dialect.OPENAI,
+    "responses": Dialect.OPENAI,
+    "messages": Dialect.ANTHROPIC,
+    "count_tokens": Dialect.ANTHROPIC,
+    "generate_content_beta": Dialect.GEMINI,  # (under /v1/ only the Gemini methods make a Gemini client)
 }
 
 
-def client_api_for(request: web.Request, route: str) -> ClientApi:
+def client_api_for(request: web.Request, route: str) -> Dialect:
     """The API a client speaks: it decides the shape of our answers and errors. By route; on shared
     paths (/v1/models) by the header its SDK always sends; elsewhere by path."""
     api = _ROUTE_API.get(route)
@@ -52,18 +53,18 @@ def client_api_for(request: web.Request, route: str) -> ClientApi:
         return api
     path = request.path
     if path.startswith("/v1/messages"):
-        return ClientApi.ANTHROPIC
+        return Dialect.ANTHROPIC
     if path.startswith("/v1beta/") or any(method in path for method in GEMINI_METHODS):
-        return ClientApi.GEMINI
+        return Dialect.GEMINI
     if path.startswith("/v1/models"):
         if "anthropic-version" in request.headers:
-            return ClientApi.ANTHROPIC
+            return Dialect.ANTHROPIC
         if "x-goog-api-key" in request.headers:
-            return ClientApi.GEMINI
-    return ClientApi.OPENAI
+            return Dialect.GEMINI
+    return Dialect.OPENAI
 
 
-def error_response(api: ClientApi, error: GatewayError) -> web.Response:
+def error_response(api: Dialect, error: GatewayError) -> web.Response:
     return web.Response(
         status=error.status,
         body=render_error(api, error.status, error.message, error.code, error.param),
@@ -336,10 +337,10 @@ def _model_object(request: web.Request, model_id: str, owner: str) -> dict[str, 
     """One listed model in the shape of the client that asks."""
     created = request.app[GATEWAY].started_at
     api = request[RECORD].client_api
-    if api is ClientApi.ANTHROPIC:
+    if api is Dialect.ANTHROPIC:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
         return {"type": "model", "id": model_id, "display_name": model_id, "created_at": stamp}
-    if api is ClientApi.GEMINI:
+    if api is Dialect.GEMINI:
         return {
             "name": f"models/{model_id}",
             "displayName": model_id,
@@ -353,10 +354,10 @@ async def list_models(request: web.Request) -> web.Response:
     Gemini's (x-goog-api-key header, or the /v1beta path)."""
     data = [_model_object(request, model_id, owner) for model_id, owner in await model_ids(request)]
     api = request[RECORD].client_api
-    if api is ClientApi.ANTHROPIC:
+    if api is Dialect.ANTHROPIC:
         first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
         return _json({"data": data, "has_more": False, "first_id": first, "last_id": last})
-    if api is ClientApi.GEMINI:
+    if api is Dialect.GEMINI:
         return _json({"models": data})
     return _json({"object": "list", "data": data})
 

@@ -9,11 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-
-class WireFormat(StrEnum):
-    OPENAI = "openai"  # Chat Completions (and the rest of api.openai.com's surface)
-    ANTHROPIC = "anthropic"  # Messages
-    GEMINI = "gemini"  # generateContent
+from .contracts import Dialect
 
 
 class AuthStyle(StrEnum):
@@ -43,7 +39,7 @@ class Capabilities:
 @dataclass(frozen=True, slots=True)
 class Preset:
     base_url: str | None
-    wire_format: WireFormat = WireFormat.OPENAI
+    dialect: Dialect = Dialect.OPENAI
     auth: AuthStyle = AuthStyle.BEARER
     needs_key: bool = True
     # Appended to an operator-given base URL that lacks it (Ollama: the server root is what people know).
@@ -64,10 +60,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "openai": Preset("https://api.openai.com/v1", responses_native=True, max_tokens_param="max_completion_tokens"),
-    "anthropic": Preset("https://api.anthropic.com/v1", WireFormat.ANTHROPIC, AuthStyle.X_API_KEY),
+    "anthropic": Preset("https://api.anthropic.com/v1", Dialect.ANTHROPIC, AuthStyle.X_API_KEY),
     "gemini": Preset(
         "https://generativelanguage.googleapis.com/{api_version}",
-        WireFormat.GEMINI,
+        Dialect.GEMINI,
         AuthStyle.GOOG_API_KEY,
         url_params=(("api_version", "v1beta"),),
     ),

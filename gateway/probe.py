@@ -14,13 +14,12 @@ from dataclasses import asdict, dataclass
 
 from .catalog import list_models
 from .config import Config, Connection
+from .contracts import Candidate, Dialect
 from .errors import Reason, UpstreamError
 from .formats import canonical as c
 from .formats.anthropic import AnthropicUpstream
 from .formats.gemini import GeminiUpstream
 from .formats.openai_chat import ChatUpstream
-from .presets import WireFormat
-from .router import Candidate
 from .transport import Transport, scrub_text
 
 PROMPT = "Hi"
@@ -44,9 +43,9 @@ class ProbeResult:
 
 
 def _upstream_format(connection: Connection, config: Config):
-    if connection.wire_format is WireFormat.ANTHROPIC:
+    if connection.dialect is Dialect.ANTHROPIC:
         return AnthropicUpstream(config.anthropic_sampling_rules)
-    if connection.wire_format is WireFormat.GEMINI:
+    if connection.dialect is Dialect.GEMINI:
         return GeminiUpstream()
     return ChatUpstream()
 

@@ -9,17 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ClientApi, Reason
-
-
-@dataclass(slots=True)
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0  # of input_tokens, served from the provider's prompt cache
-    cache_write_tokens: int = 0  # of input_tokens, written to the provider's prompt cache
-    estimated: bool = False  # no usage from the upstream: a documented heuristic
+from .contracts import Dialect
+from .errors import Reason
+from .formats.canonical import Usage
 
 
 @dataclass(slots=True)
@@ -40,7 +32,7 @@ class Attempt:
 class RequestRecord:
     request_id: str
     route: str
-    client_api: ClientApi
+    client_api: Dialect
     started: float  # loop time
     model: str | None = None
     stream: bool = False

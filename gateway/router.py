@@ -17,21 +17,20 @@ import fnmatch
 import functools
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from .config import GLOB_CHARS, Config, Connection
-from .errors import ClientApi, ErrorKind, GatewayError, Reason, UpstreamError, error_from_payload, render_error
+from .contracts import Candidate, Dialect, Relay, StreamRelay, UpstreamCall
+from .errors import ErrorKind, GatewayError, Reason, UpstreamError
+from .formats.base import render_error
 from .formats.canonical import Features
-from .presets import WireFormat
-from .record import Attempt, RequestRecord, Usage
+from .record import Attempt, RequestRecord
 from .reliability import KEY_FAILURES, REFUSED, BreakerState, ConnectionState, retry_wait
-from .sse import SSEEvent
 from .transport import (
     EventReader,
     Transport,
@@ -40,82 +39,6 @@ from .transport import (
     relayable_headers,
     scrub,
 )
-
-
-@dataclass(slots=True)
-class Candidate:
-    connection: Connection
-    model: str  # the upstream model name this connection is sent
-    skip: Reason | None = None  # set when the connection is passed over without a request
-    why: str | None = None  # what made it skip, when that is more than the reason
-
-
-@dataclass(slots=True)
-class UpstreamCall:
-    """What a relay asks of one connection; the router adds URL base, auth and common headers."""
-
-    path: str  # appended to the connection's base URL, e.g. "/chat/completions"
-    body: bytes
-    headers: dict[str, str]  # format-specific extras
-
-
-class StreamRelay(Protocol):
-    """Turns one attempt's upstream SSE events into client bytes."""
-
-    usage: Usage | None
-    # Past the commit point, for a relay that passes its own format through: how many leading bytes
-    # of a plain read (`SSEParser.plain`) are whole events that hold only content, nothing it must see
-    # (an error, usage, a finish, the end); `sse.object_events` checks the framing. Those go to the
-    # client as they came, unparsed. None: every event is fed.
-    content_prefix: Callable[[bytes], int] | None
-
-    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
-        """Bytes to send the client (may be empty) and whether the event carries content or a finish.
-        Raises UpstreamError for an error event. Until the commit point events come one at a time."""
-        ...
-
-    def relay(self, batch: list[SSEEvent | bytes]) -> bytes:
-        """What the events of one read (and runs of them passed as bytes, see `content_prefix`) send
-        the client; past the commit point. Raises UpstreamError for an error event."""
-        ...
-
-    def end(self) -> bytes:
-        """The upstream closed: trailing bytes for the client, or UpstreamError if it was cut short."""
-        ...
-
-    def error(self, error: UpstreamError, connection: str) -> bytes:
-        """The client-format events that end a stream after a failure past the commit point."""
-        ...
-
-
-class Relay(Protocol):
-    """One inbound request in the client's format, as any connection can be asked for it."""
-
-    stream: bool
-    same_model_only: bool  # embeddings: vectors from different models must not mix
-
-    def serves(self, connection: Connection) -> bool: ...
-
-    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
-        """Raises UpstreamError(unsupported) when the request cannot be expressed for this connection."""
-        ...
-
-    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
-        """A 2xx body (JSON, or SSE from an upstream that streams anyway) -> the client's JSON body.
-        Raises UpstreamError if it is unusable."""
-        ...
-
-    def stream_relay(self, candidate: Candidate) -> StreamRelay: ...
-
-    def stream_body(self, candidate: Candidate, body: bytes) -> tuple[bytes, Usage | None]:
-        """A stream request answered with one JSON body (some upstreams ignore `stream: true`): that
-        answer as the client's whole stream, or UpstreamError (`not_a_stream`) if it is unusable."""
-        ...
-
-    def features(self) -> Features:
-        """What the request needs from a connection; asked only when a candidate lacks something."""
-        ...
-
 
 # --- planning ------------------------------------------------------------------------------------
 
@@ -247,18 +170,6 @@ def _timeout(phase: str, seconds: float) -> UpstreamError:
     return UpstreamError(ErrorKind.TIMEOUT, Reason.TIMEOUT, f"no {_PHASE_WORDS[phase]} within {seconds:.3g} s")
 
 
-def not_a_stream(body: bytes) -> UpstreamError:
-    """A whole body where a stream was asked for: the error it names (a 200 can carry one), else
-    `bad_response`, so the next connection may stream the answer."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and parsed.get("error") is not None:
-        return error_from_payload(parsed["error"])
-    return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "asked for a stream, answered with a whole body")
-
-
 def _note_failure(attempt: Attempt, error: UpstreamError, connection: Connection) -> None:
     """The attempt learns its outcome; the error's message loses any key the upstream echoed, since it
     may end up in the client's answer (`verdict`)."""
@@ -269,15 +180,15 @@ def _note_failure(attempt: Attempt, error: UpstreamError, connection: Connection
 
 
 # The wire format whose error bodies each client API can read as its own.
-_CLIENT_WIRE = {ClientApi.OPENAI: WireFormat.OPENAI, ClientApi.ANTHROPIC: WireFormat.ANTHROPIC,
-                ClientApi.GEMINI: WireFormat.GEMINI}  # fmt: skip
+_CLIENT_WIRE = {Dialect.OPENAI: Dialect.OPENAI, Dialect.ANTHROPIC: Dialect.ANTHROPIC,
+                Dialect.GEMINI: Dialect.GEMINI}  # fmt: skip
 
 
-def _as_is(error: UpstreamError, connection: Connection, client_api: ClientApi) -> web.Response:
+def _as_is(error: UpstreamError, connection: Connection, client_api: Dialect) -> web.Response:
     """An upstream's own 4xx answer: unchanged (but for an echoed key) when the client speaks the
     connection's format, else its status and message in the client's own error format."""
     status = error.status or 400
-    if _CLIENT_WIRE[client_api] is connection.wire_format:
+    if _CLIENT_WIRE[client_api] is connection.dialect:
         content_type = error.content_type or "application/json"
         return web.Response(status=status, body=scrub(error.body, connection), headers={"Content-Type": content_type})
     message = _upstream_message(error.body) or error.message
@@ -322,16 +233,6 @@ async def _until_content(reader: EventReader, stream: StreamRelay, held: list[by
                 held.append(stream.relay(batch[index + 1 :]))
                 held.append(stream.relay(reader.commit(stream.content_prefix)))
                 return
-
-
-class EachEvent:
-    """`StreamRelay.relay` for a relay that takes the events of a read one by one."""
-
-    __slots__ = ()
-
-    def relay(self, batch: list[SSEEvent | bytes]) -> bytes:
-        feed = self.feed  # type: ignore[attr-defined]
-        return b"".join([item if type(item) is bytes else feed(item)[0] for item in batch])
 
 
 class Watchdog:
@@ -714,7 +615,7 @@ class Router:
         """Any other `/v1/*` request: as-is to the first enabled OpenAI-format connection, once.
         Files, batches and uploads are not idempotent, so there is no retry and no fallback."""
         connection = next(
-            (c for c in self.config.connections if c.enabled and c.wire_format is WireFormat.OPENAI), None
+            (c for c in self.config.connections if c.enabled and c.dialect is Dialect.OPENAI), None
         )
         if connection is None:
             raise GatewayError(503, no_connection_message(self.config), code="no_connection")

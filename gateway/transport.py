@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from .config import Connection
+from .contracts import Dialect
 from .errors import ErrorKind, Reason, UpstreamError, classify_status, parse_retry_after
-from .presets import WireFormat, auth_headers
+from .presets import auth_headers
 from .sse import SSEEvent, SSEParser
 
 # Client headers worth passing upstream; everything else (credentials, OpenAI-Organization /
@@ -54,7 +55,7 @@ def upstream_headers(
 ) -> dict[str, str]:
     """Allow-listed client headers, the connection's own headers, then its credentials (which win)."""
     headers = {h: client_headers[h] for h in FORWARDED_REQUEST_HEADERS if h in client_headers}
-    if connection.wire_format is WireFormat.ANTHROPIC and "anthropic-beta" in client_headers:
+    if connection.dialect is Dialect.ANTHROPIC and "anthropic-beta" in client_headers:
         headers["anthropic-beta"] = client_headers["anthropic-beta"]  # meaningful to Anthropic only
     headers["x-request-id"] = request_id
     headers.update(connection.headers)

@@ -11,9 +11,10 @@ from multidict import CIMultiDict
 
 from gateway import errors
 from gateway.config import Config, ConfigError, Connection, ServerConfig, Timeouts, load_config, parse_config
+from gateway.contracts import Candidate, Dialect
 from gateway.errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status, parse_retry_after
-from gateway.presets import DEFAULT_SAMPLING_RULES, AuthStyle, WireFormat
-from gateway.router import Candidate, falls_back, route_targets, verdict
+from gateway.presets import DEFAULT_SAMPLING_RULES, AuthStyle
+from gateway.router import falls_back, route_targets, verdict
 
 SOURCE = "my-gateway.yaml"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "gateway.yaml"
@@ -101,7 +102,7 @@ def test_full_config_connections_typed_values(full_env: None) -> None:
 
     groq = config.connection("groq-main")
     assert groq.provider == "groq"
-    assert groq.wire_format is WireFormat.OPENAI
+    assert groq.dialect is Dialect.OPENAI
     assert groq.auth is AuthStyle.BEARER
     assert groq.base_url == "https://api.groq.com/openai/v1"
     assert groq.api_key == "gsk-from-env"
@@ -119,7 +120,7 @@ def test_full_config_connections_typed_values(full_env: None) -> None:
     assert openai.headers == {"OpenAI-Organization": "org-1", "X-Trace": "trace-value"}
 
     anthropic = config.connection("anthropic")
-    assert anthropic.wire_format is WireFormat.ANTHROPIC
+    assert anthropic.dialect is Dialect.ANTHROPIC
     assert anthropic.auth is AuthStyle.X_API_KEY
     assert anthropic.base_url == "https://api.anthropic.com/v1"
     assert anthropic.model == "claude-sonnet-4"

@@ -269,7 +269,8 @@ async def test_json_request_lines_skip_the_log_record_but_read_the_same(monkeypa
 
     from gateway import logs
     from gateway.config import LoggingConfig
-    from gateway.errors import ClientApi, Reason
+    from gateway.contracts import Dialect
+    from gateway.errors import Reason
     from gateway.record import Attempt, RequestRecord, Usage
 
     root = logging.getLogger()
@@ -279,7 +280,7 @@ async def test_json_request_lines_skip_the_log_record_but_read_the_same(monkeypa
     monkeypatch.setattr(logs, "_json_handler", logs._json_handler)
     handler = root.handlers[0]
     handler.stream = out = io.StringIO()
-    record = RequestRecord("rid", "chat", ClientApi.OPENAI, 0.0, model="m", attempts=[Attempt("main", Reason.OK, 0.5)])
+    record = RequestRecord("rid", "chat", Dialect.OPENAI, 0.0, model="m", attempts=[Attempt("main", Reason.OK, 0.5)])
     record.connection, record.status, record.usage = "main", 200, Usage(3, 4)
     handled: list[logging.LogRecord] = []
     handle = logs.request_log.handle

@@ -19,13 +19,12 @@ from typing import Any
 import orjson
 
 from ..config import Connection
+from ..contracts import Candidate, Dialect, UpstreamCall
 from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
-from ..presets import SamplingRule, WireFormat
-from ..record import Usage
-from ..router import Candidate, UpstreamCall
+from ..presets import SamplingRule
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
-from .common import (
+from .base import (
     DecodedPassthrough,
     bad,
     call_arguments,
@@ -38,6 +37,7 @@ from .common import (
     random_hex,
     unsupported,
 )
+from .canonical import Usage
 
 log = logging.getLogger("gateway.formats.anthropic")
 
@@ -323,13 +323,13 @@ class AnthropicDecoder:
 class AnthropicUpstream:
     """Anthropic Messages as the upstream format of a translated request."""
 
-    wire_format = WireFormat.ANTHROPIC
+    dialect = Dialect.ANTHROPIC
 
     def __init__(self, rules: list[SamplingRule]) -> None:
         self.rules = rules
 
     def accepts(self, connection: Connection, request: c.Request) -> bool:
-        return connection.wire_format is self.wire_format
+        return connection.dialect is self.dialect
 
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
         connection = candidate.connection
@@ -653,7 +653,7 @@ class NativeMessages:
             self.headers["anthropic-version"] = version
 
     def serves(self, connection: Connection) -> bool:
-        return connection.wire_format is WireFormat.ANTHROPIC
+        return connection.dialect is Dialect.ANTHROPIC
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
         body = dict(self.body)

@@ -11,11 +11,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..record import Usage
-
 Role = Literal["system", "user", "assistant", "tool"]
 # What clients accept as finish reasons (some reject anything else).
 Finish = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0  # of input_tokens, served from the provider's prompt cache
+    cache_write_tokens: int = 0  # of input_tokens, written to the provider's prompt cache
+    estimated: bool = False  # no usage from the upstream: a documented heuristic
 
 
 @dataclass(slots=True)

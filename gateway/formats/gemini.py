@@ -14,13 +14,11 @@ from typing import Any
 import orjson
 
 from ..config import Connection
+from ..contracts import Candidate, Dialect, UpstreamCall
 from ..errors import ErrorKind, GatewayError, UpstreamError, classify_status
-from ..presets import WireFormat
-from ..record import Usage
-from ..router import Candidate, UpstreamCall
 from ..sse import SSEEvent, encode_event
 from . import canonical as c
-from .common import (
+from .base import (
     DecodedPassthrough,
     bad,
     call_arguments,
@@ -33,6 +31,7 @@ from .common import (
     random_hex,
     unsupported,
 )
+from .canonical import Usage
 
 SIGNATURE_SEPARATOR = "__thought__"
 THINKING_BUDGET = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
@@ -269,10 +268,10 @@ def parse_response(body: bytes) -> c.Response:
 class GeminiUpstream:
     """Gemini generateContent as the upstream format of a translated request."""
 
-    wire_format = WireFormat.GEMINI
+    dialect = Dialect.GEMINI
 
     def accepts(self, connection: Connection, request: c.Request) -> bool:
-        return connection.wire_format is self.wire_format
+        return connection.dialect is self.dialect
 
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
         method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
@@ -590,7 +589,7 @@ class NativeGenerate:
         self.stream = stream
 
     def serves(self, connection: Connection) -> bool:
-        return connection.wire_format is WireFormat.GEMINI
+        return connection.dialect is Dialect.GEMINI
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
         method = "streamGenerateContent?alt=sse" if self.stream else "generateContent"

@@ -17,13 +17,24 @@ from typing import Any
 import orjson
 
 from ..config import Connection
-from ..errors import UpstreamError, error_from_payload
-from ..presets import WireFormat
-from ..record import Usage
-from ..router import Candidate, EachEvent, UpstreamCall, not_a_stream
+from ..contracts import Candidate, Dialect, UpstreamCall
+from ..errors import UpstreamError
 from ..sse import SSEEvent, encode_comment, encode_event, object_events
 from . import canonical as c
-from .common import bad, count, fold_stream, invalid_value, leftover_fields, optional, parse_object, random_hex
+from .base import (
+    EachEvent,
+    bad,
+    count,
+    error_from_payload,
+    fold_stream,
+    invalid_value,
+    leftover_fields,
+    not_a_stream,
+    optional,
+    parse_object,
+    random_hex,
+)
+from .canonical import Usage
 
 log = logging.getLogger("gateway.formats.chat")
 
@@ -158,7 +169,7 @@ class OpenAIRelay:
         self.wants_usage = self.stream_options.get("include_usage") is True
 
     def serves(self, connection: Connection) -> bool:
-        return connection.wire_format is WireFormat.OPENAI
+        return connection.dialect is Dialect.OPENAI
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
         body = dict(self.body)
@@ -534,10 +545,10 @@ def usage_object(usage: Usage) -> dict[str, Any]:
 class ChatUpstream:
     """Chat Completions as the upstream format of a translated request."""
 
-    wire_format = WireFormat.OPENAI
+    dialect = Dialect.OPENAI
 
     def accepts(self, connection: Connection, request: c.Request) -> bool:
-        return connection.wire_format is self.wire_format
+        return connection.dialect is self.dialect
 
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
         body = build_request(request, candidate.model, candidate.connection)

@@ -20,13 +20,12 @@ from typing import Any
 import orjson
 
 from ..config import Connection
+from ..contracts import Candidate, Dialect, UpstreamCall
 from ..errors import ErrorKind, UpstreamError, classify_status
-from ..presets import WireFormat
-from ..record import Usage
-from ..router import Candidate, EachEvent, UpstreamCall
 from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
 from . import canonical as c
-from .common import bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
+from .base import EachEvent, bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
+from .canonical import Usage
 
 log = logging.getLogger("gateway.formats.responses")
 
@@ -723,7 +722,7 @@ class NativeResponses:
         self.producer = producer  # the native connection that knows the previous response id
 
     def serves(self, connection: Connection) -> bool:
-        return connection.wire_format is WireFormat.OPENAI and connection.responses_native
+        return connection.dialect is Dialect.OPENAI and connection.responses_native
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
         body = dict(self.context.body if candidate.connection.name == self.producer else self.rebuilt)
@@ -903,10 +902,10 @@ class ResponsesUpstream:
     """The Responses API as the upstream format, for connections that serve it (`responses: native`).
     A request with `stop` goes to Chat Completions instead: Responses has no stop sequences."""
 
-    wire_format = WireFormat.OPENAI
+    dialect = Dialect.OPENAI
 
     def accepts(self, connection: Connection, request: c.Request) -> bool:
-        return connection.wire_format is WireFormat.OPENAI and connection.responses_native and not request.stop
+        return connection.dialect is Dialect.OPENAI and connection.responses_native and not request.stop
 
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
         body = orjson.dumps(build_request(request, candidate.model))

@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import ErrorKind, GatewayError, Reason, UpstreamError
-from ..router import EachEvent
+from ..contracts import Dialect
+from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
 from ..sse import SSEEvent, SSEParser, encode_event
 from . import canonical as c
 
@@ -125,6 +125,59 @@ class _Entropy:
 random_hex = _Entropy().hex
 
 
+def upstream_error(message: str, status: int, kind: str | None = None, *, in_stream: bool = False) -> UpstreamError:
+    """The one way an error an upstream sent inside a body or an event becomes an UpstreamError: its
+    reason from the status (and, for a 4xx, the message's words), its message bounded. In a stream a
+    plain 400 is still that connection's failure (the request was accepted)."""
+    reason = classify_status(status, f"{kind or ''} {message}".encode())
+    if in_stream and reason is Reason.CLIENT_ERROR:
+        reason = Reason.SERVER_ERROR
+    what = f"{kind}: {message}" if kind else message
+    return UpstreamError(ErrorKind.PROTOCOL, reason, f"error from upstream: {what[:200]}")
+
+
+def error_from_payload(error: object) -> UpstreamError:
+    """An `{"error": ...}` object inside a 200 body or a stream event. OpenAI, Anthropic and Gemini
+    error objects all carry `message`; the status comes from a numeric `code` (Gemini) or, from `type`
+    / `code` words, 429 for rate and quota errors, else 500."""
+    if not isinstance(error, dict):
+        return upstream_error(str(error), 500)
+    message = str(error.get("message") or "upstream error")
+    code = error.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else None
+    if status is None:
+        words = f"{error.get('type') or ''} {code or ''}".lower()
+        status = 429 if "rate" in words or "quota" in words else 500
+    return upstream_error(message, status)
+
+
+def mid_stream_message(error: UpstreamError, connection: str) -> str:
+    """What every format's closing error event says after a failure past the commit point."""
+    return f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
+
+
+def not_a_stream(body: bytes) -> UpstreamError:
+    """A whole body where a stream was asked for: the error it names (a 200 can carry one), else
+    `bad_response`, so the next connection may stream the answer."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("error") is not None:
+        return error_from_payload(parsed["error"])
+    return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, "asked for a stream, answered with a whole body")
+
+
+class EachEvent:
+    """`StreamRelay.relay` for a relay that takes the events of a read one by one."""
+
+    __slots__ = ()
+
+    def relay(self, batch: list[SSEEvent | bytes]) -> bytes:
+        feed = self.feed  # type: ignore[attr-defined]
+        return b"".join([item if type(item) is bytes else feed(item)[0] for item in batch])
+
+
 def fold_stream(body: bytes, decoder: Any) -> c.Response:
     """A whole SSE body (an upstream that streamed although asked for JSON) -> one canonical Response,
     through the format's own stream decoder."""
@@ -160,3 +213,53 @@ class DecodedPassthrough(EachEvent):
 
     def error(self, error: UpstreamError, connection: str) -> bytes:
         return self._error(error, connection)
+
+
+# --- rendering errors in the client's own format -------------------------------------------------
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+    504: "timeout",
+}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def error_object(api: Dialect, status: int, message: str, code: str | None = None, param: str | None = None):
+    """The JSON-able error body a client of `api` expects for an HTTP `status`."""
+    if api is Dialect.ANTHROPIC:
+        kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    if api is Dialect.GEMINI:
+        state = _GEMINI_STATUS.get(status, "FAILED_PRECONDITION" if status < 500 else "INTERNAL")
+        return {"error": {"code": status, "message": message, "status": state}}
+    kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def render_error(api: Dialect, status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
+    return orjson.dumps(error_object(api, status, message, code, param))
