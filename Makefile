@@ -20,10 +20,12 @@ test: $(STAMP)
 	command -v prometheus >/dev/null && command -v promtool >/dev/null \
 		|| (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # The benchmark (tests/bench/README.md): the gateway against the thinnest aiohttp forwarder, on loopback.
 # Installs what it needs from Debian: wrk (the load generator), valgrind (callgrind: deterministic instruction

@@ -10,7 +10,7 @@ from .errors import GatewayError
 from .handlers import read_json_object
 from .probe import probe_connection
 from .reload import WATCHER
-from .state import GATEWAY
+from .runtime import GATEWAY
 
 ADMIN_ROUTES = frozenset({"admin_test", "admin_reload"})
 

@@ -18,9 +18,9 @@ from .errors import GatewayError
 from .metrics import Metrics
 from .proxy import ProxySite
 from .record import RequestRecord
-from .reliability import ConnectionStates
 from .reload import WATCHER, ConfigWatcher
-from .state import GATEWAY, RECORD, Gateway
+from .runtime import GATEWAY, RECORD, Gateway
+from .state.memory import MemoryStates
 from .store import ResponseStore
 from .transport import Transport
 
@@ -34,8 +34,9 @@ _HTTP_MESSAGES = {
 
 
 @web.middleware
-async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Every request: a record, client auth, errors in the client's own API format, metrics, a log line."""
+async def bookkeeping(request: web.Request, handler) -> web.StreamResponse:
+    """The outer layer of every request: its record, errors in the client's own dialect, metrics, the
+    log line, and the headers that say which connections were tried."""
     gateway = request.app[GATEWAY]
     route = request.match_info.route.name or "unmatched"
     loop = asyncio.get_running_loop()
@@ -55,11 +56,6 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     gateway.begin(record)
     response: web.StreamResponse | None = None
     try:
-        _check_header_size(request, gateway.config.limits.max_header_bytes)
-        if route in admin.ADMIN_ROUTES:
-            admin.check(request)
-        else:
-            gateway.auth.check(request)
         response = await handler(request)
         if not response.prepared:  # the client gets its answer before the bookkeeping below runs
             response.headers.update(record.headers())
@@ -87,6 +83,30 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     return response
 
 
+@web.middleware
+async def limits(request: web.Request, handler) -> web.StreamResponse:
+    """Bounds every request must keep before anything reads it: `limits.max_header_bytes`."""
+    if request[RECORD].route not in handlers.PUBLIC_ROUTES:
+        _check_header_size(request, request.app[GATEWAY].config.limits.max_header_bytes)
+    return await handler(request)
+
+
+@web.middleware
+async def authentication(request: web.Request, handler) -> web.StreamResponse:
+    """`/admin/*` needs the admin token; every other route but the public ones a client key (or a
+    loopback peer when no keys are configured). Raises GatewayError(401)."""
+    route = request[RECORD].route
+    if route in admin.ADMIN_ROUTES:
+        admin.check(request)
+    elif route not in handlers.PUBLIC_ROUTES:
+        request.app[GATEWAY].auth.check(request)
+    return await handler(request)
+
+
+# Outermost first: a limit or an auth failure is answered and logged like any other error.
+MIDDLEWARES = (bookkeeping, limits, authentication)
+
+
 def _check_header_size(request: web.Request, limit: int) -> None:
     """`limits.max_header_bytes` over the request line and all headers together (aiohttp bounds each line)."""
     headers = request.raw_headers
@@ -98,7 +118,7 @@ def _check_header_size(request: web.Request, limit: int) -> None:
 
 
 def create_app(config: Config, config_path: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=config.server.max_body_bytes)
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=config.server.max_body_bytes)
     transport = Transport()
     store = ResponseStore(config.store.path, config.store.max_age_days, config.store.max_bytes)
     catalog = Catalog(transport, config.catalog)
@@ -108,7 +128,7 @@ def create_app(config: Config, config_path: str | None = None) -> web.Applicatio
         metrics=Metrics(config.connections),
         store=store,
         catalog=catalog,
-        states=ConnectionStates(),
+        states=MemoryStates(),
         started_at=int(time.time()),
     )
 

@@ -13,12 +13,9 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import orjson
-
 from .config import GLOB_CHARS, CatalogConfig, Config, Connection
-from .contracts import Dialect
 from .errors import UpstreamError
-from .formats.base import bad
+from .formats import registry
 from .transport import Transport, scrub_text
 
 log = logging.getLogger("gateway.catalog")
@@ -26,38 +23,12 @@ log = logging.getLogger("gateway.catalog")
 GATEWAY_OWNER = "gateway"  # the owner of alias and route names
 
 
-def listing_request(connection: Connection) -> tuple[str, dict[str, str]]:
-    """Path and extra headers of a connection's model listing."""
-    if connection.dialect is Dialect.ANTHROPIC:
-        return "/models?limit=1000", {"anthropic-version": connection.anthropic_version}
-    if connection.dialect is Dialect.GEMINI:
-        return "/models?pageSize=1000", {}
-    return "/models", {}
-
-
-def parse_listing(connection: Connection, body: bytes) -> list[str]:
-    """Model ids from a listing: OpenAI and Anthropic `data[].id`, Gemini `models[].name`."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise bad("model listing is not JSON") from None
-    gemini = connection.dialect is Dialect.GEMINI
-    items = parsed.get("models" if gemini else "data") if isinstance(parsed, dict) else None
-    if not isinstance(items, list):
-        raise bad("model listing has no list of models")
-    ids = []
-    for item in items:
-        value = item.get("name" if gemini else "id") if isinstance(item, dict) else None
-        if isinstance(value, str) and value:
-            ids.append(value.removeprefix("models/") if gemini else value)
-    return ids
-
-
 async def list_models(transport: Transport, connection: Connection, timeout: float) -> list[str]:
     """The provider's live list of models; raises UpstreamError."""
-    path, headers = listing_request(connection)
+    api = registry.APIS[connection.dialect]
+    path, headers = api.listing_call(connection)
     body = await transport.fetch(connection, "GET", path, key=connection.api_key, timeout=timeout, headers=headers)
-    return parse_listing(connection, body)
+    return api.listed_ids(body)
 
 
 def passes_names_through(connection: Connection) -> bool:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .bridge import Bridge, PerConnection
-from .contracts import Candidate, UpstreamCall
+from .contracts import Native
 from .errors import GatewayError
-from .formats.openai_responses import NativeResponses, ResponseContext
+from .formats.openai_responses.client import ResponseContext
+from .routing.engine import EndHook, Exchange
 from .store import ResponseStore, StoredResponse
 
 
@@ -56,38 +56,24 @@ async def resolve(store: ResponseStore, body: dict[str, Any]) -> tuple[dict[str,
     return rebuilt, chain[-1]
 
 
-class ResponsesRelay(PerConnection):
-    """The Responses request's relay: fast path or bridge per connection, and each final answer stored."""
+def keeper(
+    store: ResponseStore, context: ResponseContext, native: Native, previous: StoredResponse | None
+) -> EndHook | None:
+    """The end hook that stores a Responses request's final answer (completed or incomplete) with the
+    connection that served it, unless the request said `store: false`."""
+    if not context.stored:
+        return None
+    items = input_items(context.body)
+    previous_id = previous.id if previous is not None else None
 
-    def __init__(
-        self,
-        context: ResponseContext,
-        native: NativeResponses,
-        bridge: Bridge,
-        store: ResponseStore,
-        previous: StoredResponse | None,
-    ) -> None:
-        super().__init__(native, bridge, stream=bridge.stream)
-        self.serving: Candidate | None = None
-        if context.stored:
-            items = input_items(context.body)
-            previous_id = previous.id if previous is not None else None
+    def keep(exchange: Exchange) -> None:
+        final, served = context.final, exchange.served
+        if final is None or served is None:  # failed, or cut before its answer finished
+            return
+        connection = served.connection
+        store.submit(StoredResponse(final["id"], connection.name, native.serves(connection), previous_id, items, final))
 
-            def keep(response: dict[str, Any]) -> None:
-                assert self.serving is not None
-                connection = self.serving.connection
-                store.submit(
-                    StoredResponse(
-                        response["id"], connection.name, native.serves(connection), previous_id, items, response
-                    )
-                )
-
-            context.on_final = keep
-
-    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
-        call = super().upstream_call(candidate)
-        self.serving = candidate  # attempts run one at a time: a final answer is this candidate's
-        return call
+    return keep
 
 
 _ITEM_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}

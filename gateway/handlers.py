@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,20 +10,27 @@ import orjson
 from aiohttp import web
 
 from . import conversations
-from .bridge import Bridge, PerConnection, UpstreamFormat
 from .contracts import Dialect, Relay
 from .errors import GatewayError
-from .formats import openai_responses as responses_format
-from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
-from .formats.base import random_hex, render_error
-from .formats.canonical import Request, estimate_tokens, request_chars
-from .formats.gemini import GeminiClient, GeminiUpstream, NativeCountTokens, NativeGenerate, parse_generate_request
-from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
-from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient, ResponsesUpstream
+from .formats import canonical as c
+from .formats import registry
+from .formats.anthropic import client as anthropic_client
+from .formats.anthropic import native as anthropic_native
+from .formats.base import random_hex
+from .formats.canonical import estimate_tokens, request_chars
+from .formats.gemini import client as gemini_client
+from .formats.gemini import native as gemini_native
+from .formats.openai_chat import client as chat_client
+from .formats.openai_chat import native as chat_native
+from .formats.openai_responses import client as responses_client
+from .formats.openai_responses import native as responses_native
+from .formats.relay import FormatRelay
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
-from .router import plan
-from .state import GATEWAY, RECORD, Gateway
+from .routing.engine import EndHook
+from .routing.passthrough import forward
+from .routing.plan import plan
+from .runtime import GATEWAY, RECORD
 from .store import StoredResponse
 
 # Routes that need no client key: probes and scrapers come from other addresses.
@@ -65,9 +71,10 @@ def client_api_for(request: web.Request, route: str) -> Dialect:
 
 
 def error_response(api: Dialect, error: GatewayError) -> web.Response:
+    """A GatewayError in the error JSON of the client's dialect."""
     return web.Response(
         status=error.status,
-        body=render_error(api, error.status, error.message, error.code, error.param),
+        body=registry.APIS[api].error_body(error.status, error.message, error.code, error.param),
         headers={"Content-Type": "application/json", **error.headers},
     )
 
@@ -103,21 +110,6 @@ def _booleans(body: dict[str, Any], *keys: str) -> None:
             raise GatewayError(400, f"Invalid type for '{key}': expected a boolean.", code="invalid_type", param=key)
 
 
-def _upstreams(
-    gateway: Gateway, *, chat: bool = True, anthropic: bool = True, gemini: bool = True
-) -> list[UpstreamFormat]:
-    """The formats a translated request can be sent in; a client's own format is left out, since
-    same-format connections take the byte fast path."""
-    upstreams: list[UpstreamFormat] = []
-    if chat:  # native Responses connections first through their own API, then Chat Completions
-        upstreams += [ResponsesUpstream(), ChatUpstream()]
-    if anthropic:
-        upstreams.append(AnthropicUpstream(gateway.config.anthropic_sampling_rules))
-    if gemini:
-        upstreams.append(GeminiUpstream())
-    return upstreams
-
-
 def _openai_handler(
     path: str, required: str, what: str, kinds: type | tuple[type, ...], *, same_model_only: bool = False
 ):
@@ -131,16 +123,16 @@ def _openai_handler(
         model = _require(body, "model", str, "a string")
         _require(body, required, kinds, what)
         _booleans(body, "stream")
-        same_format = OpenAIRelay(path, body, same_model_only=same_model_only)
-        relay: Relay = same_format
+        native = chat_native.Native(path, body, same_model_only=same_model_only)
+        relay: Relay = native
         if path == "/chat/completions":
-
-            def bridge() -> Bridge:
-                client = ChatClient(model, same_format.wants_usage)
-                upstreams = _upstreams(gateway, chat=False)
-                return Bridge(client, lambda: parse_chat_request(body), upstreams, stream=same_format.stream)
-
-            relay = PerConnection(same_format, bridge, stream=same_format.stream)
+            relay = FormatRelay(
+                native,
+                lambda: chat_client.Renderer(model, native.wants_usage),
+                lambda: chat_client.parse_request(body),
+                gateway.upstreams,
+                stream=native.stream,
+            )
         return await _serve(request, record, relay, model, body)
 
     return handler
@@ -159,18 +151,18 @@ async def responses(request: web.Request) -> web.StreamResponse:
         )
     _booleans(body, "stream", "store")
     rebuilt, previous = await conversations.resolve(gateway.store, body)
-    context = ResponseContext(body, model, stored=body.get("store") is not False)
+    context = responses_client.ResponseContext(body, model, stored=body.get("store") is not False)
     producer = previous.connection if previous is not None and previous.native else None
-    bridge = Bridge(
-        ResponsesClient(context),
-        lambda: responses_format.parse_request(rebuilt),
-        _upstreams(gateway, chat=True),
+    native = responses_native.Native(context, rebuilt, producer)
+    relay = FormatRelay(
+        native,
+        lambda: responses_client.Renderer(context),
+        lambda: responses_client.parse_request(rebuilt),
+        gateway.upstreams,
         stream=body.get("stream") is True,
     )
-    relay = conversations.ResponsesRelay(
-        context, NativeResponses(context, rebuilt, producer), bridge, gateway.store, previous
-    )
-    return await _serve(request, record, relay, model, body)
+    keep = conversations.keeper(gateway.store, context, native, previous)
+    return await _serve(request, record, relay, model, body, keep)
 
 
 async def _stored(request: web.Request) -> StoredResponse:
@@ -243,13 +235,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
     _booleans(body, "stream")
     stream = body.get("stream") is True
 
-    def parse() -> Request:
-        return parse_messages_request(body)
+    def parse() -> c.Request:
+        return anthropic_client.parse_request(body)
 
-    bridge = Bridge(
-        AnthropicClient(model, parse), parse, _upstreams(gateway, chat=True, anthropic=False), stream=stream
+    native = anthropic_native.Native(body, request.headers)
+    relay = FormatRelay(
+        native, lambda: anthropic_client.Renderer(model, parse), parse, gateway.upstreams, stream=stream
     )
-    relay = PerConnection(NativeMessages(body, request.headers), bridge, stream=stream)
     return await _serve(request, record, relay, model, body)
 
 
@@ -258,9 +250,9 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request)
     model = _require(body, "model", str, "a string")
     _require(body, "messages", list, "an array of messages")
-    native = NativeMessages(body, request.headers, path="/messages/count_tokens")
+    native = anthropic_native.Native(body, request.headers, path="/messages/count_tokens")
     return await _token_count(
-        request, model, native, "input_tokens", lambda: request_chars(parse_messages_request(body))
+        request, model, native, "input_tokens", lambda: request_chars(anthropic_client.parse_request(body))
     )
 
 
@@ -294,15 +286,15 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     if method == "countTokens":
         return await _gemini_count_tokens(request, model, body)
     sse = method == "streamGenerateContent" and request.query.get("alt") == "sse"
-    client = GeminiClient(model)
-    bridge = Bridge(
-        client, lambda: parse_generate_request(body, sse), _upstreams(gateway, chat=True, gemini=False), stream=sse
+    array = method == "streamGenerateContent" and not sse  # the stream method without SSE answers an array
+    relay = FormatRelay(
+        gemini_native.Native(body, sse, array=array),
+        lambda: gemini_client.Renderer(model, array=array),
+        lambda: gemini_client.parse_request(body, sse),
+        gateway.upstreams,
+        stream=sse,
     )
-    relay = PerConnection(NativeGenerate(body, sse), bridge, stream=sse)
-    response = await _serve(request, record, relay, model, body)
-    if method == "streamGenerateContent" and not sse and isinstance(response, web.Response) and response.status == 200:
-        response.body = b"[" + bytes(response.body) + b"]"  # the stream method without SSE answers an array
-    return response
+    return await _serve(request, record, relay, model, body)
 
 
 async def _gemini_count_tokens(request: web.Request, model: str, body: dict[str, Any]) -> web.StreamResponse:
@@ -310,21 +302,27 @@ async def _gemini_count_tokens(request: web.Request, model: str, body: dict[str,
     inner = body.get("generateContentRequest")  # the other documented shape: a whole generateContent request
     counted = inner if isinstance(inner, dict) else body
     return await _token_count(
-        request, model, NativeCountTokens(body), "totalTokens",
-        lambda: request_chars(parse_generate_request(counted, False)),
+        request, model, gemini_native.NativeCountTokens(body), "totalTokens",
+        lambda: request_chars(gemini_client.parse_request(counted, False)),
     )  # fmt: skip
 
 
 def _serve(
-    request: web.Request, record: RequestRecord, relay: Relay, model: str, body: dict[str, Any]
+    request: web.Request,
+    record: RequestRecord,
+    relay: Relay,
+    model: str,
+    body: dict[str, Any],
+    on_end: EndHook | None = None,
 ) -> Awaitable[web.StreamResponse]:
-    """Every generation handler ends here: the record learns the request, the router serves it.
-    (Not a coroutine of its own: each level of awaiting costs every request.)"""
+    """Every generation handler ends here: the record learns the request, the router serves it;
+    `on_end` hears how its answer ended. (Not a coroutine of its own: each level of awaiting costs
+    every request.)"""
     gateway = request.app[GATEWAY]
     record.model, record.stream = model, relay.stream
     if gateway.config.logging.bodies:
         record.request_body = body
-    return gateway.router.serve(request, record, relay, plan(gateway.config, model, relay))
+    return gateway.router.serve(request, record, relay, plan(gateway.config, model, relay), on_end)
 
 
 async def model_ids(request: web.Request) -> list[tuple[str, str]]:
@@ -333,40 +331,21 @@ async def model_ids(request: web.Request) -> list[tuple[str, str]]:
     return await gateway.catalog.models(gateway.config)
 
 
-def _model_object(request: web.Request, model_id: str, owner: str) -> dict[str, Any]:
-    """One listed model in the shape of the client that asks."""
-    created = request.app[GATEWAY].started_at
-    api = request[RECORD].client_api
-    if api is Dialect.ANTHROPIC:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
-        return {"type": "model", "id": model_id, "display_name": model_id, "created_at": stamp}
-    if api is Dialect.GEMINI:
-        return {
-            "name": f"models/{model_id}",
-            "displayName": model_id,
-            "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
-        }
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owner}
-
-
 async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models (and /v1beta/models): OpenAI's list, Anthropic's (anthropic-version header) or
-    Gemini's (x-goog-api-key header, or the /v1beta path)."""
-    data = [_model_object(request, model_id, owner) for model_id, owner in await model_ids(request)]
-    api = request[RECORD].client_api
-    if api is Dialect.ANTHROPIC:
-        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-        return _json({"data": data, "has_more": False, "first_id": first, "last_id": last})
-    if api is Dialect.GEMINI:
-        return _json({"models": data})
-    return _json({"object": "list", "data": data})
+    """GET /v1/models (and /v1beta/models): in the shape of the client's dialect (OpenAI's list,
+    Anthropic's with the anthropic-version header, Gemini's with x-goog-api-key or the /v1beta path)."""
+    api = registry.APIS[request[RECORD].client_api]
+    created = request.app[GATEWAY].started_at
+    models = [api.model_object(model_id, owner, created) for model_id, owner in await model_ids(request)]
+    return _json(api.model_list(models))
 
 
 async def get_model(request: web.Request) -> web.Response:
     wanted = request.match_info["model"].removeprefix("models/")
     for model_id, owner in await model_ids(request):
         if model_id == wanted:
-            return _json(_model_object(request, model_id, owner))
+            api = registry.APIS[request[RECORD].client_api]
+            return _json(api.model_object(model_id, owner, request.app[GATEWAY].started_at))
     raise GatewayError(
         404, f"The model {wanted!r} does not exist on this gateway.", code="model_not_found", param="model"
     )
@@ -375,7 +354,7 @@ async def get_model(request: web.Request) -> web.Response:
 async def passthrough(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     body = await request.read() if request.body_exists else b""
-    return await gateway.router.forward(request, request[RECORD], "/" + request.match_info["tail"], body)
+    return await forward(gateway.router, request, request[RECORD], "/" + request.match_info["tail"], body)
 
 
 async def healthz(request: web.Request) -> web.Response:

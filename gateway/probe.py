@@ -14,12 +14,10 @@ from dataclasses import asdict, dataclass
 
 from .catalog import list_models
 from .config import Config, Connection
-from .contracts import Candidate, Dialect
+from .contracts import Candidate
 from .errors import Reason, UpstreamError
 from .formats import canonical as c
-from .formats.anthropic import AnthropicUpstream
-from .formats.gemini import GeminiUpstream
-from .formats.openai_chat import ChatUpstream
+from .formats import registry
 from .transport import Transport, scrub_text
 
 PROMPT = "Hi"
@@ -40,14 +38,6 @@ class ProbeResult:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def _upstream_format(connection: Connection, config: Config):
-    if connection.dialect is Dialect.ANTHROPIC:
-        return AnthropicUpstream(config.anthropic_sampling_rules)
-    if connection.dialect is Dialect.GEMINI:
-        return GeminiUpstream()
-    return ChatUpstream()
 
 
 def _model_to_test(connection: Connection, requested: str | None, listed: list[str]) -> str | None:
@@ -80,7 +70,7 @@ async def probe_connection(
         result.status = Reason.NOT_FOUND.value
         result.detail = "no model to test: the connection names none and lists none; pass one (--model)"
         return result
-    upstream = _upstream_format(connection, config)
+    upstream = registry.APIS[connection.dialect].probe_format(config.anthropic_sampling_rules)
     request = c.Request(messages=[c.Message("user", [c.Text(PROMPT)])], max_output_tokens=OUTPUT_BUDGET)
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -49,7 +49,7 @@ from .config import HOST_RE, Config, ProxyConfig
 from .errors import GatewayError, Reason, classify_status
 from .metrics import Counter
 from .record import Attempt, RequestRecord
-from .state import GATEWAY, Gateway
+from .runtime import GATEWAY, Gateway
 
 log = logging.getLogger("gateway.proxy")
 

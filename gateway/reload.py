@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .config import Config, ConfigError, load_config
-from .state import Gateway
+from .runtime import Gateway
 
 log = logging.getLogger("gateway.reload")
 

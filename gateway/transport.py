@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from .config import Connection
-from .contracts import Dialect
 from .errors import ErrorKind, Reason, UpstreamError, classify_status, parse_retry_after
 from .presets import auth_headers
 from .sse import SSEEvent, SSEParser
@@ -51,12 +50,17 @@ def join_url(base_url: str, path: str, query: str = "") -> str:
 
 
 def upstream_headers(
-    connection: Connection, client_headers: Mapping[str, str], request_id: str, key: str | None
+    connection: Connection,
+    client_headers: Mapping[str, str],
+    request_id: str,
+    key: str | None,
+    forwarded: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Allow-listed client headers, the connection's own headers, then its credentials (which win)."""
+    """Allow-listed client headers and those the connection's dialect forwards (`forwarded`), the
+    connection's own headers, then its credentials (which win)."""
     headers = {h: client_headers[h] for h in FORWARDED_REQUEST_HEADERS if h in client_headers}
-    if connection.dialect is Dialect.ANTHROPIC and "anthropic-beta" in client_headers:
-        headers["anthropic-beta"] = client_headers["anthropic-beta"]  # meaningful to Anthropic only
+    if forwarded:
+        headers.update(forwarded)
     headers["x-request-id"] = request_id
     headers.update(connection.headers)
     headers.update(auth_headers(connection.auth, key))
@@ -113,12 +117,13 @@ class Transport:
         connect_timeout: float,
         headers: Mapping[str, str] | None = None,
         client_headers: Mapping[str, str] | None = None,
+        forwarded: Mapping[str, str] | None = None,
         request_id: str = "gateway",
     ) -> aiohttp.ClientResponse:
         """Send one request to a connection and wait for its headers (the caller bounds the wait: the
         first-byte deadline); a non-2xx raises its UpstreamError."""
         assert self._session is not None, "transport not started"
-        all_headers = upstream_headers(connection, client_headers or {}, request_id, key)
+        all_headers = upstream_headers(connection, client_headers or {}, request_id, key, forwarded)
         all_headers.update(headers or {})
         try:
             response = await self._session.request(

@@ -14,7 +14,8 @@ from gateway.config import Config, ConfigError, Connection, ServerConfig, Timeou
 from gateway.contracts import Candidate, Dialect
 from gateway.errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status, parse_retry_after
 from gateway.presets import DEFAULT_SAMPLING_RULES, AuthStyle
-from gateway.router import falls_back, route_targets, verdict
+from gateway.routing.plan import route_targets
+from gateway.routing.policy import falls_back, verdict
 
 SOURCE = "my-gateway.yaml"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "gateway.yaml"

@@ -12,7 +12,9 @@ from aiohttp import web
 
 from gateway.config import BreakerSettings, ConfigError, RetrySettings, parse_config
 from gateway.errors import ErrorKind, Reason, UpstreamError
-from gateway.reliability import PASS, Breaker, BreakerState, retry_wait
+from gateway.routing.policy import retry_wait
+from gateway.state.base import PASS, BreakerState
+from gateway.state.memory import Breaker
 
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_openai import completion, error_handler, stream_handler

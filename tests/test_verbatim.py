@@ -12,7 +12,7 @@ import pytest
 
 from gateway.formats import openai_chat
 from gateway.formats.openai_chat import ChatStream
-from gateway.router import _until_content
+from gateway.routing.attempt import until_content
 from gateway.sse import SSEParser, object_events
 from gateway.transport import EventReader
 from tests.conftest import CLIENT_KEY, connection, gateway_config
@@ -143,7 +143,7 @@ async def _relay(reads: list[bytes], wants_usage: bool) -> tuple[bytes, ChatStre
     reader = EventReader(_Reads(reads))  # type: ignore[arg-type]
     stream = ChatStream(wants_usage)
     held: list[bytes] = []
-    await _until_content(reader, stream, held)
+    await until_content(reader, stream, held)
     out = b"".join(held)
     while (batch := await reader.read()) is not None:
         out += stream.relay(batch)

@@ -1,25 +1,29 @@
-"""Per-connection state the router consults before and after each attempt: its keys, its circuit
-breaker, its concurrency limit. Kept across configuration reloads for connections that did not change.
+"""Connection state in this process: each connection's key pool, circuit breaker and concurrency
+limit, kept across configuration reloads for connections that did not change.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
-from enum import IntEnum
+from collections.abc import Iterable, Sequence
 
-from .config import BreakerSettings, Connection, RetrySettings
-from .errors import Reason, UpstreamError
+from ..config import BreakerSettings, Connection
+from ..contracts import Candidate
+from ..errors import Reason, UpstreamError
+from .base import (
+    HEALTH_FAILURES,
+    KEY_FAILURES,
+    MAY_PROBE,
+    PASS,
+    REFUSED,
+    Admission,
+    BreakerState,
+    ConnectionStates,
+)
 
-# Failures that say something about the key rather than the connection: another key may serve.
-KEY_FAILURES = frozenset({Reason.RATE_LIMITED, Reason.AUTH_ERROR})
 SET_ASIDE_SECONDS = 300.0  # a key refused with 401/403
 REST_SECONDS = 5.0  # a key rate limited without a Retry-After
-# Failures that say the connection itself is unwell: they count towards opening its breaker.
-HEALTH_FAILURES = frozenset({Reason.CONNECT_ERROR, Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.BAD_RESPONSE})
-RETRY_BACKOFF = 0.25  # seconds before the first same-connection retry when the answer named no wait
 
 
 class KeyPool:
@@ -54,29 +58,6 @@ class KeyPool:
         return any(k not in avoid and self.resting.get(k, 0.0) <= now for k in self.keys)
 
 
-class BreakerState(IntEnum):
-    """The values of `gateway_breaker_state`."""
-
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A breaker's answer to "may a request go?" (falsy: no). `probe` numbers the half-open probe."""
-
-    allowed: bool
-    probe: int = 0  # this request is probe number `probe` (0: not a probe); it ends in an outcome or a release
-
-    def __bool__(self) -> bool:
-        return self.allowed
-
-
-REFUSED = Admission(False)
-PASS = Admission(True)
-
-
 class Breaker:
     """Closed: requests flow and health failures are counted. `failures` of them within `window` seconds
     open it: the connection is skipped until `cooldown` has passed. Then half-open: one probe request is
@@ -96,13 +77,18 @@ class Breaker:
         return self.state
 
     def admit(self, now: float) -> Admission:
-        """Whether a request may be sent now, and whether it is the half-open probe."""
+        """Whether a request may be sent now, and whether it is the half-open probe (then claimed)."""
+        admission = self.plan(now)
+        return self._new_probe() if admission is MAY_PROBE else admission
+
+    def plan(self, now: float) -> Admission:
+        """`admit` without claiming: PASS, REFUSED, or MAY_PROBE (half-open, no probe out yet)."""
         state = self.state_at(now)
         if state is BreakerState.CLOSED:
             return PASS
         if state is BreakerState.OPEN or self.probe:
             return REFUSED
-        return self._new_probe()
+        return MAY_PROBE
 
     def force_probe(self, now: float) -> Admission:
         """Every candidate's breaker was open: this one, whose cooldown ends soonest, is probed early
@@ -164,21 +150,6 @@ class Limiter:
         self._slots.release()
 
 
-def retry_wait(error: UpstreamError, settings: RetrySettings, retries_done: int) -> float | None:
-    """Seconds to wait before trying the same connection again, or None to move on. Only for answers
-    that say "later" (429, 503, overloaded); the answer's own Retry-After is honoured, and a wait longer
-    than `max_wait` is not worth it when another connection may answer now."""
-    if retries_done >= settings.attempts:
-        return None
-    later = (
-        error.reason is Reason.RATE_LIMITED or error.status in (503, 529) or "overloaded" in error.message.lower()
-    )
-    if not later:
-        return None
-    wait = error.retry_after if error.retry_after is not None else RETRY_BACKOFF * 2**retries_done
-    return wait if wait <= settings.max_wait else None
-
-
 class ConnectionState:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -194,15 +165,19 @@ def identity(connection: Connection) -> tuple[object, ...]:
     return (connection.provider, connection.base_url, connection.api_keys, connection.reliability)
 
 
-class ConnectionStates:
-    """The state of every configured connection, by name, across configuration reloads."""
 
-    def __init__(self) -> None:
-        self.states: dict[str, ConnectionState] = {}
 
-    def update(self, connections: Iterable[Connection]) -> dict[str, ConnectionState]:
-        """The states for a new configuration: unchanged connections keep theirs, changed ones start
-        afresh. A new dict each time, so a router still serving the old configuration keeps its own."""
+class MemoryStates(ConnectionStates):
+    """Every configured connection's state, by name, in this process."""
+
+    __slots__ = ("states",)
+
+    def __init__(self, states: dict[str, ConnectionState] | None = None) -> None:
+        self.states: dict[str, ConnectionState] = states if states is not None else {}
+
+    def update(self, connections: Iterable[Connection]) -> MemoryStates:
+        """Unchanged connections keep their state, changed ones start afresh. A new view each time, so
+        a router still serving the old configuration keeps its own."""
         states = {}
         for connection in connections:
             state = self.states.get(connection.name)
@@ -211,10 +186,51 @@ class ConnectionStates:
             state.connection = connection
             states[connection.name] = state
         self.states = states
-        return states
+        return MemoryStates(states)
+
+    async def admit(self, candidates: Sequence[Candidate], now: float) -> list[Admission]:
+        states = self.states
+        return [states[c.connection.name].breaker.plan(now) for c in candidates]
+
+    async def claim_probe(self, name: str, now: float, *, forced: bool = False) -> Admission:
+        breaker = self.states[name].breaker
+        return breaker.force_probe(now) if forced else breaker.admit(now)
+
+    async def release(self, name: str, admission: Admission) -> None:
+        self.states[name].breaker.release(admission)
+
+    async def record(self, name: str, reason: Reason, now: float) -> None:
+        self.states[name].breaker.record(reason, now)
+
+    def breaker(self, name: str, now: float) -> BreakerState:
+        return self.states[name].breaker.state_at(now)
+
+    def reopens_at(self, name: str) -> float:
+        return self.states[name].breaker.until
+
+    def pick_key(self, name: str, now: float, avoid: set[str]) -> str | None:
+        return self.states[name].keys.pick(now, avoid)
+
+    async def penalize_key(self, name: str, key: str, error: UpstreamError, now: float) -> None:
+        self.states[name].keys.penalize(key, error, now)
+
+    def has_another_key(self, name: str, now: float, avoid: set[str]) -> bool:
+        return self.states[name].keys.another(now, avoid)
+
+    def concurrency_limit(self, name: str) -> int | None:
+        limiter = self.states[name].limiter
+        return limiter.limit if limiter is not None else None
+
+    async def acquire_slot(self, name: str, wait: float) -> bool:
+        limiter = self.states[name].limiter
+        return True if limiter is None else await limiter.acquire(wait)
+
+    def release_slot(self, name: str) -> None:
+        limiter = self.states[name].limiter
+        if limiter is not None:
+            limiter.release()
 
     def health(self, now: float) -> list[tuple[str, bool, BreakerState]]:
-        """(name, up, breaker state) per connection: up when enabled and its breaker is not open."""
         out = []
         for name, state in self.states.items():
             breaker = state.breaker.state_at(now)

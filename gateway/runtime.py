@@ -10,11 +10,13 @@ from aiohttp import web
 from .auth import ClientAuth
 from .catalog import Catalog
 from .config import Config
+from .contracts import UpstreamFormat
+from .formats import registry
 from .logs import log_request
 from .metrics import Metrics
 from .record import RequestRecord
-from .reliability import ConnectionStates
-from .router import Router
+from .routing.engine import Router
+from .state.base import ConnectionStates
 from .store import ResponseStore
 from .transport import Transport
 
@@ -33,6 +35,7 @@ class Gateway:
     started_at: int  # unix time, the `created` of listed models
     router: Router = field(init=False)
     auth: ClientAuth = field(init=False)
+    upstreams: list[UpstreamFormat] = field(init=False)  # how translated requests reach connections
     draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
 
     def __post_init__(self) -> None:
@@ -55,8 +58,9 @@ class Gateway:
     def apply(self, config: Config) -> None:
         """Switch to `config` in one step (nothing here awaits): requests already routed finish on the
         router of the old one; connections that did not change keep their breakers and key state."""
-        router = Router(config, self.transport, self.states.update(config.connections))
+        router = Router(config, self.transport, self.states.update(config.connections), registry.APIS)
         self.config, self.router, self.auth = config, router, ClientAuth(config.auth.client_keys)
+        self.upstreams = registry.upstream_formats(config.anthropic_sampling_rules)
         self.catalog.configure(config)
 
 

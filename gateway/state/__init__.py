@@ -1,0 +1,1 @@
+"""Per-connection state behind an interface: `base.py` (what routing asks), `memory.py` (this process)."""
