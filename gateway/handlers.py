@@ -19,7 +19,9 @@ from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessage
 from .formats.base import random_hex, render_error
 from .formats.canonical import Request, estimate_tokens, request_chars
 from .formats.gemini import GeminiClient, GeminiUpstream, NativeCountTokens, NativeGenerate, parse_generate_request
-from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
+from .formats.openai_chat import client as chat_client
+from .formats.openai_chat.native import Native as ChatNative
+from .formats.openai_chat.upstream import Upstream as ChatUpstream
 from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient, ResponsesUpstream
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
@@ -131,14 +133,14 @@ def _openai_handler(
         model = _require(body, "model", str, "a string")
         _require(body, required, kinds, what)
         _booleans(body, "stream")
-        same_format = OpenAIRelay(path, body, same_model_only=same_model_only)
+        same_format = ChatNative(path, body, same_model_only=same_model_only)
         relay: Relay = same_format
         if path == "/chat/completions":
 
             def bridge() -> Bridge:
-                client = ChatClient(model, same_format.wants_usage)
+                client = chat_client.Renderer(model, same_format.wants_usage)
                 upstreams = _upstreams(gateway, chat=False)
-                return Bridge(client, lambda: parse_chat_request(body), upstreams, stream=same_format.stream)
+                return Bridge(client, lambda: chat_client.parse_request(body), upstreams, stream=same_format.stream)
 
             relay = PerConnection(same_format, bridge, stream=same_format.stream)
         return await _serve(request, record, relay, model, body)

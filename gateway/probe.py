@@ -19,7 +19,7 @@ from .errors import Reason, UpstreamError
 from .formats import canonical as c
 from .formats.anthropic import AnthropicUpstream
 from .formats.gemini import GeminiUpstream
-from .formats.openai_chat import ChatUpstream
+from .formats.openai_chat.upstream import Upstream as ChatUpstream
 from .transport import Transport, scrub_text
 
 PROMPT = "Hi"
