@@ -9,8 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.formats import anthropic, gemini, openai_chat, openai_responses
+from gateway.formats import anthropic, gemini, openai_responses
 from gateway.formats import canonical as c
+from gateway.formats.openai_chat import client as chat_client
+from gateway.formats.openai_chat import upstream as chat_upstream
 from gateway.presets import SamplingRule
 
 CONNECTION = parse_config({"connections": [{"name": "x", "provider": "openai_compatible", "base_url": "http://h/v1"}]})
@@ -90,7 +92,7 @@ def shape(request: c.Request) -> dict[str, Any]:
 
 
 def via_chat(request: c.Request) -> c.Request:
-    return openai_chat.parse_chat_request(openai_chat.build_request(request, "m", CONNECTION_X))
+    return chat_client.parse_request(chat_upstream.build_request(request, "m", CONNECTION_X))
 
 
 def via_responses(request: c.Request) -> c.Request:

@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.formats import openai_chat
-from gateway.formats.openai_chat import ChatStream
+from gateway.formats.openai_chat import native
+from gateway.formats.openai_chat.native import Passthrough
 from gateway.routing.attempt import until_content
 from gateway.sse import SSEParser, object_events
 from gateway.transport import EventReader
@@ -70,7 +70,7 @@ def test_object_events_are_single_line_data_objects_and_nothing_else() -> None:
 
 
 def test_content_prefix_stops_before_what_the_relay_must_see() -> None:
-    stream = ChatStream(wants_usage=False)
+    stream = Passthrough(wants_usage=False)
     assert stream.content_prefix(CONTENT) == len(CONTENT)
     assert stream.content_prefix(CONTENT + FINISH + USAGE + DONE) == len(CONTENT)
     error = sse({"error": {"message": "boom", "type": "server_error"}})
@@ -104,8 +104,8 @@ async def test_content_passes_verbatim_and_usage_is_still_seen(
         upstream = await start_upstream(stream_handler([b"".join(events)]))
     gw = await start_gateway(gateway_config(connection("main", upstream)))
     fed = []
-    feed = ChatStream.feed
-    monkeypatch.setattr(openai_chat.ChatStream, "feed", lambda self, event: fed.append(event) or feed(self, event))
+    feed = Passthrough.feed
+    monkeypatch.setattr(native.Passthrough, "feed", lambda self, event: fed.append(event) or feed(self, event))
     caplog.set_level(logging.INFO, logger="gateway.request")
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     if wants_usage:
@@ -138,10 +138,10 @@ class _Reads:
         return self._reads.pop(0) if self._reads else b""
 
 
-async def _relay(reads: list[bytes], wants_usage: bool) -> tuple[bytes, ChatStream]:
+async def _relay(reads: list[bytes], wants_usage: bool) -> tuple[bytes, Passthrough]:
     """What the router's commit-then-relay loop sends a client for these upstream reads."""
     reader = EventReader(_Reads(reads))  # type: ignore[arg-type]
-    stream = ChatStream(wants_usage)
+    stream = Passthrough(wants_usage)
     held: list[bytes] = []
     await until_content(reader, stream, held)
     out = b"".join(held)
