@@ -12,7 +12,8 @@ from typing import Any
 from .bridge import Bridge, PerConnection
 from .contracts import Candidate, UpstreamCall
 from .errors import GatewayError
-from .formats.openai_responses import NativeResponses, ResponseContext
+from .formats.openai_responses.client import ResponseContext
+from .formats.openai_responses.native import Native
 from .store import ResponseStore, StoredResponse
 
 
@@ -62,7 +63,7 @@ class ResponsesRelay(PerConnection):
     def __init__(
         self,
         context: ResponseContext,
-        native: NativeResponses,
+        native: Native,
         bridge: Bridge,
         store: ResponseStore,
         previous: StoredResponse | None,

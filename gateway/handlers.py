@@ -14,13 +14,14 @@ from . import conversations
 from .bridge import Bridge, PerConnection, UpstreamFormat
 from .contracts import Dialect, Relay
 from .errors import GatewayError
-from .formats import openai_responses as responses_format
 from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
 from .formats.base import random_hex, render_error
 from .formats.canonical import Request, estimate_tokens, request_chars
 from .formats.gemini import GeminiClient, GeminiUpstream, NativeCountTokens, NativeGenerate, parse_generate_request
 from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
-from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient, ResponsesUpstream
+from .formats.openai_responses import client as responses_client
+from .formats.openai_responses import native as responses_native
+from .formats.openai_responses import upstream as responses_upstream
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
 from .router import plan
@@ -110,7 +111,7 @@ def _upstreams(
     same-format connections take the byte fast path."""
     upstreams: list[UpstreamFormat] = []
     if chat:  # native Responses connections first through their own API, then Chat Completions
-        upstreams += [ResponsesUpstream(), ChatUpstream()]
+        upstreams += [responses_upstream.Upstream(), ChatUpstream()]
     if anthropic:
         upstreams.append(AnthropicUpstream(gateway.config.anthropic_sampling_rules))
     if gemini:
@@ -159,16 +160,16 @@ async def responses(request: web.Request) -> web.StreamResponse:
         )
     _booleans(body, "stream", "store")
     rebuilt, previous = await conversations.resolve(gateway.store, body)
-    context = ResponseContext(body, model, stored=body.get("store") is not False)
+    context = responses_client.ResponseContext(body, model, stored=body.get("store") is not False)
     producer = previous.connection if previous is not None and previous.native else None
     bridge = Bridge(
-        ResponsesClient(context),
-        lambda: responses_format.parse_request(rebuilt),
+        responses_client.Renderer(context),
+        lambda: responses_client.parse_request(rebuilt),
         _upstreams(gateway, chat=True),
         stream=body.get("stream") is True,
     )
     relay = conversations.ResponsesRelay(
-        context, NativeResponses(context, rebuilt, producer), bridge, gateway.store, previous
+        context, responses_native.Native(context, rebuilt, producer), bridge, gateway.store, previous
     )
     return await _serve(request, record, relay, model, body)
 

@@ -9,8 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.formats import anthropic, gemini, openai_chat, openai_responses
+from gateway.formats import anthropic, gemini, openai_chat
 from gateway.formats import canonical as c
+from gateway.formats.openai_responses import client as responses_client
+from gateway.formats.openai_responses import upstream as responses_upstream
 from gateway.presets import SamplingRule
 
 CONNECTION = parse_config({"connections": [{"name": "x", "provider": "openai_compatible", "base_url": "http://h/v1"}]})
@@ -94,7 +96,7 @@ def via_chat(request: c.Request) -> c.Request:
 
 
 def via_responses(request: c.Request) -> c.Request:
-    return openai_responses.parse_request(openai_responses.build_request(request, "m"))
+    return responses_client.parse_request(responses_upstream.build_request(request, "m"))
 
 
 def via_anthropic(request: c.Request) -> c.Request:
