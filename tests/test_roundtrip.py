@@ -9,10 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.formats import anthropic, gemini, openai_responses
+from gateway.formats import anthropic, gemini
 from gateway.formats import canonical as c
 from gateway.formats.openai_chat import client as chat_client
 from gateway.formats.openai_chat import upstream as chat_upstream
+from gateway.formats.openai_responses import client as responses_client
+from gateway.formats.openai_responses import upstream as responses_upstream
 from gateway.presets import SamplingRule
 
 CONNECTION = parse_config({"connections": [{"name": "x", "provider": "openai_compatible", "base_url": "http://h/v1"}]})
@@ -96,7 +98,7 @@ def via_chat(request: c.Request) -> c.Request:
 
 
 def via_responses(request: c.Request) -> c.Request:
-    return openai_responses.parse_request(openai_responses.build_request(request, "m"))
+    return responses_client.parse_request(responses_upstream.build_request(request, "m"))
 
 
 def via_anthropic(request: c.Request) -> c.Request:

@@ -1,8 +1,9 @@
-"""OpenAI Responses API: Responses <-> canonical, and the native byte fast path.
+"""OpenAI Responses as the client's format of a translated request.
 
-As a client format: `parse_request` (a Responses body -> canonical request), `ResponsesClient`
-(a canonical response -> a complete Response object; canonical stream events -> the exact Responses
-event sequence). As a native upstream (`responses: native`): `ResponsesPassthrough`.
+`parse_request` reads a Responses body into the canonical request; `Renderer` turns a canonical answer
+into a whole Response object and `Encoder` canonical stream events into the exact Responses event
+sequence; `ResponseContext` is what all of one request's answers share (the fields they echo, their
+stable ids, where a finished answer goes), on the translated path and the native one (`native.py`).
 
 Shapes follow the live API, then the open specification (`openresponses-types`), then the openai SDK's
 types; where they disagree the choice is noted (reasoning deltas: the live API's
@@ -11,7 +12,6 @@ types; where they disagree the choice is noted (reasoning deltas: the live API's
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,31 +19,15 @@ from typing import Any
 
 import orjson
 
-from ..config import Connection
-from ..contracts import Candidate, Dialect, UpstreamCall
-from ..errors import ErrorKind, UpstreamError, classify_status
-from ..sse import SSEEvent, SSEParser, encode_comment, encode_event
-from . import canonical as c
-from .base import EachEvent, bad, count, invalid_value, leftover_fields, optional, parse_object, random_hex
-from .canonical import Usage
+from ...errors import UpstreamError
+from ...sse import encode_event
+from .. import canonical as c
+from ..base import bad, invalid_value, leftover_fields, mid_stream_message, optional, random_hex
+from ..canonical import Usage
 
-log = logging.getLogger("gateway.formats.responses")
+# --- constants and tables -------------------------------------------------------------------------
 
 DONE = b"data: [DONE]\n\n"
-TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# Upstream events that mean the model has answered (the commit point of a native stream).
-CONTENT_TYPES = frozenset(
-    {
-        "response.output_text.delta",
-        "response.refusal.delta",
-        "response.reasoning_text.delta",
-        "response.reasoning_summary_text.delta",
-        "response.function_call_arguments.delta",
-        "response.output_item.done",
-        "response.completed",
-        "response.incomplete",
-    }
-)
 # Request fields that only tune delivery or bookkeeping: dropped when downgrading, with a debug log.
 DROPPABLE = frozenset(
     {"include", "truncation", "service_tier", "prompt_cache_key", "safety_identifier", "store", "stream_options",
@@ -54,13 +38,20 @@ HANDLED = frozenset(
      "max_output_tokens", "temperature", "top_p", "metadata", "user", "stream", "previous_response_id",
      "background"}
 )  # fmt: skip
+_NUMBER_DEFAULTS = (("temperature", 1.0), ("top_p", 1.0), ("presence_penalty", 0.0), ("frequency_penalty", 0.0))
+_DELTA_EVENTS = {
+    "message": "response.output_text.delta",
+    "reasoning": "response.reasoning_text.delta",
+    "function_call": "response.function_call_arguments.delta",
+}
+
+
+# --- functions ------------------------------------------------------------------------------------
 
 
 def new_id(prefix: str) -> str:
+    """A fresh, unguessable id of a Response object or item, e.g. `resp_...`."""
     return f"{prefix}_{random_hex(24)}"
-
-
-# --- request: Responses -> canonical ------------------------------------------------------------
 
 
 def _parts(content: Any, param: str, unsupported: list[str]) -> list[c.Part]:
@@ -103,7 +94,8 @@ def _output_text(output: Any, param: str, unsupported: list[str]) -> str:
     return "".join(p.text for p in parts if isinstance(p, c.Text))
 
 
-def _reasoning_of(item: dict[str, Any]) -> str:
+def reasoning_of(item: dict[str, Any]) -> str:
+    """The text of a reasoning item (its content, else its summary parts), one part a line."""
     pieces = [p.get("text", "") for key in ("content", "summary") for p in item.get(key) or [] if isinstance(p, dict)]
     return "\n".join(p for p in pieces if isinstance(p, str) and p)
 
@@ -158,7 +150,7 @@ def _messages(body: dict[str, Any], unsupported: list[str]) -> list[c.Message]:
             messages.append(c.Message("tool", [c.Text(output)], tool_call_id=call_id))
         elif kind == "reasoning":
             signature = item.get("encrypted_content")
-            pending_reasoning = (_reasoning_of(item), signature if isinstance(signature, str) else None)
+            pending_reasoning = (reasoning_of(item), signature if isinstance(signature, str) else None)
         else:
             unsupported.append(f"{where}: input item type {kind!r} needs a native Responses connection")
     return messages
@@ -236,10 +228,8 @@ def parse_request(body: dict[str, Any]) -> c.Request:
     return request
 
 
-# --- response: canonical -> Responses -----------------------------------------------------------
-
-
-def usageparse_object(usage: Usage) -> dict[str, Any]:
+def usage_object(usage: Usage) -> dict[str, Any]:
+    """`usage` as a Response object's `usage`."""
     return {
         "input_tokens": usage.input_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
@@ -247,22 +237,6 @@ def usageparse_object(usage: Usage) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.input_tokens + usage.output_tokens,
     }
-
-
-def usage_from(usage: Any) -> Usage | None:
-    if not isinstance(usage, dict):
-        return None
-    out_details = usage.get("output_tokens_details")
-    in_details = usage.get("input_tokens_details")
-    out_details = out_details if isinstance(out_details, dict) else {}
-    in_details = in_details if isinstance(in_details, dict) else {}
-    return Usage(
-        input_tokens=count(usage, "input_tokens"),
-        output_tokens=count(usage, "output_tokens"),
-        reasoning_tokens=count(out_details, "reasoning_tokens"),
-        cached_tokens=count(in_details, "cached_tokens"),
-        cache_write_tokens=count(in_details, "cache_write_tokens"),
-    )
 
 
 def _text_part(text: str) -> dict[str, Any]:
@@ -293,9 +267,6 @@ def _call_item(item_id: str, call: c.ToolCall, status: str) -> dict[str, Any]:
     }
 
 
-_NUMBER_DEFAULTS = (("temperature", 1.0), ("top_p", 1.0), ("presence_penalty", 0.0), ("frequency_penalty", 0.0))
-
-
 def _echo_tools(tools: Any) -> list[dict[str, Any]]:
     echoed = []
     for tool in tools if isinstance(tools, list) else []:
@@ -312,6 +283,38 @@ def _echo_tools(tools: Any) -> list[dict[str, Any]]:
         elif isinstance(tool, dict):
             echoed.append(tool)
     return echoed
+
+
+def _status(finish: c.Finish) -> tuple[str, str | None]:
+    """(response status, incomplete reason) for a finish reason."""
+    if finish == "length":
+        return "incomplete", "max_output_tokens"
+    if finish == "content_filter":
+        return "incomplete", "content_filter"
+    return "completed", None
+
+
+def stream_error(
+    error: UpstreamError, connection: str, sequence: int = 0, response: dict[str, Any] | None = None
+) -> bytes:
+    """The events that end a Responses stream after a failure past the commit point: `error` as the live
+    API sends it, `response.failed` with `response` (the answer so far; else a bare one) marked failed,
+    numbered on from `sequence` (the next number the client has not seen), then [DONE]."""
+    message = mid_stream_message(error, connection)
+    failed = dict(response or {"id": new_id("resp"), "object": "response", "output": []})
+    failed.update(status="failed", error={"code": "server_error", "message": message})
+    events = [
+        {
+            "type": "error",
+            "sequence_number": sequence,
+            "error": {"type": "server_error", "code": error.reason.value, "message": message, "param": None},
+        },
+        {"type": "response.failed", "sequence_number": sequence + 1, "response": failed},
+    ]
+    return b"".join(encode_event(orjson.dumps(e), e["type"]) for e in events) + DONE
+
+
+# --- classes --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -350,7 +353,7 @@ class ResponseContext:
         obj["incomplete_details"] = {"reason": incomplete} if incomplete else None
         obj["output"] = output
         obj["error"] = error
-        obj["usage"] = usageparse_object(usage) if usage is not None else None
+        obj["usage"] = usage_object(usage) if usage is not None else None
         return obj
 
     def _echoed(self) -> dict[str, Any]:
@@ -396,16 +399,7 @@ class ResponseContext:
         return obj
 
 
-def _status(finish: c.Finish) -> tuple[str, str | None]:
-    """(response status, incomplete reason) for a finish reason."""
-    if finish == "length":
-        return "incomplete", "max_output_tokens"
-    if finish == "content_filter":
-        return "incomplete", "content_filter"
-    return "completed", None
-
-
-class ResponsesClient:
+class Renderer:
     """The Responses API as the client's format: canonical answers -> Responses bodies and streams."""
 
     def __init__(self, context: ResponseContext) -> None:
@@ -424,8 +418,8 @@ class ResponsesClient:
         self.context.finalize(final)
         return orjson.dumps(final)
 
-    def encoder(self) -> ResponsesEncoder:
-        return ResponsesEncoder(self.context)
+    def encoder(self) -> Encoder:
+        return Encoder(self.context)
 
 
 @dataclass
@@ -456,14 +450,7 @@ class _Item:
         return "".join(self.parts)
 
 
-_DELTA_EVENTS = {
-    "message": "response.output_text.delta",
-    "reasoning": "response.reasoning_text.delta",
-    "function_call": "response.function_call_arguments.delta",
-}
-
-
-class ResponsesEncoder:
+class Encoder:
     """Canonical stream events -> the Responses event sequence, one state machine per attempt.
 
     response.created, response.in_progress, then per item: output_item.added, its content part and
@@ -609,310 +596,10 @@ class ResponsesEncoder:
         return output
 
     def error(self, error: UpstreamError, connection: str) -> bytes:
-        """A failure after the stream started: `error` as the live API sends it, `response.failed`, [DONE]."""
-        message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
+        """A failure after the stream started: `stream_error` with the items so far, numbered on."""
         out: list[bytes] = []
         self._begin(out)
-        out.append(
-            self._event(
-                "error",
-                error={"type": "server_error", "code": error.reason.value, "message": message, "param": None},
-            )
-        )
-        failed = {"code": "server_error", "message": message}
-        out.append(
-            self._event("response.failed", response=self.context.response("failed", self._output(), None, error=failed))
-        )
-        out.append(DONE)
+        so_far = self.context.response("failed", self._output(), None)
+        out.append(stream_error(error, connection, self.sequence, so_far))
+        self.sequence += 2
         return b"".join(out)
-
-
-# --- the native fast path -----------------------------------------------------------------------
-
-
-def _error_from_event(payload: dict[str, Any]) -> UpstreamError:
-    error = payload.get("error")
-    if not isinstance(error, dict):
-        response = payload.get("response")
-        error = response.get("error") if isinstance(response, dict) else None
-    error = error if isinstance(error, dict) else {}
-    message = str(error.get("message") or payload.get("message") or "upstream error")
-    code = str(error.get("code") or error.get("type") or payload.get("code") or "")
-    status = 429 if "rate_limit" in code or "quota" in code else 400 if "context_length" in code else 500
-    return UpstreamError(
-        ErrorKind.PROTOCOL, classify_status(status, f"{code} {message}".encode()), f"error event: {message[:200]}"
-    )
-
-
-class ResponsesPassthrough(EachEvent):
-    """One attempt's native Responses stream, passed through event by event."""
-
-    content_prefix = None  # every event is decoded
-
-    def __init__(self, context: ResponseContext) -> None:
-        self.context = context
-        self.committed = False
-        self.terminal = False
-        self.done = False
-        self.last_sequence = -1
-        self.snapshot: dict[str, Any] | None = None
-        self.usage: Usage | None = None
-
-    def feed(self, event: SSEEvent) -> tuple[bytes, bool]:
-        if event.comment:
-            return encode_comment(event.data), False
-        if event.data == b"[DONE]":
-            self.done = True
-            return DONE, False
-        payload = parse_object(event.data, "stream event")
-        kind = payload.get("type")
-        if kind in ("error", "response.failed"):
-            # before the commit the next connection may serve; after it the gateway ends the stream with
-            # its own error events (the upstream's could echo its key), numbered on from the last one sent
-            raise _error_from_event(payload)
-        if isinstance(payload.get("sequence_number"), int):
-            self.last_sequence = payload["sequence_number"]
-        response = payload.get("response")
-        if kind == "response.created" and isinstance(response, dict):
-            self.snapshot = response
-        if kind in TERMINAL:
-            self.terminal = True
-            if isinstance(response, dict):
-                self.usage = usage_from(response.get("usage"))
-                self.context.finalize(response)
-        commits = kind in CONTENT_TYPES
-        self.committed = self.committed or commits
-        return encode_event(event.data, event.event or (kind if isinstance(kind, str) else None)), commits
-
-    def end(self) -> bytes:
-        if self.done:
-            return b""
-        if self.terminal:  # live OpenAI sends no [DONE]; the open specification asks for it
-            self.done = True
-            return DONE
-        raise bad("stream ended before its terminal event")
-
-    def error(self, error: UpstreamError, connection: str) -> bytes:
-        message = f"connection {connection} failed mid-stream: {error.reason} ({error.message})"
-        sequence = self.last_sequence + 1
-        failed = dict(self.snapshot or {"id": new_id("resp"), "object": "response", "output": []})
-        failed.update(status="failed", error={"code": "server_error", "message": message})
-        events = [
-            {
-                "type": "error",
-                "sequence_number": sequence,
-                "error": {"type": "server_error", "code": error.reason.value, "message": message, "param": None},
-            },
-            {"type": "response.failed", "sequence_number": sequence + 1, "response": failed},
-        ]
-        return b"".join(encode_event(orjson.dumps(e), e["type"]) for e in events) + DONE
-
-
-class NativeResponses:
-    """A Responses request to a connection that serves /responses itself: bytes pass through.
-
-    With `previous_response_id`, the id goes through only to the native connection that produced it;
-    any other connection is sent the conversation rebuilt from the gateway's store."""
-
-    def __init__(
-        self, context: ResponseContext, rebuilt: dict[str, Any] | None = None, producer: str | None = None
-    ) -> None:
-        self.context = context
-        self.rebuilt = rebuilt if rebuilt is not None else context.body
-        self.producer = producer  # the native connection that knows the previous response id
-
-    def serves(self, connection: Connection) -> bool:
-        return connection.dialect is Dialect.OPENAI and connection.responses_native
-
-    def upstream_call(self, candidate: Candidate) -> UpstreamCall:
-        body = dict(self.context.body if candidate.connection.name == self.producer else self.rebuilt)
-        body["model"] = candidate.model
-        return UpstreamCall("/responses", orjson.dumps(body), {"Content-Type": "application/json"})
-
-    def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
-        if event_stream:  # the terminal event carries the whole response
-            parser = SSEParser()
-            final = None
-            for event in parser.feed(body) + parser.close():
-                if event.data != b"[DONE]" and not event.comment:
-                    payload = parse_object(event.data, "stream event")
-                    if payload.get("type") in ("error", "response.failed"):
-                        raise _error_from_event(payload)
-                    if payload.get("type") in TERMINAL:
-                        final = payload.get("response")
-            if not isinstance(final, dict):
-                raise bad("stream ended before its terminal event")
-            self.context.finalize(final)
-            return orjson.dumps(final), usage_from(final.get("usage"))
-        parsed = parse_object(body, "2xx response body")
-        if parsed.get("status") == "failed" or (parsed.get("error") and not parsed.get("output")):
-            raise _error_from_event(parsed)
-        self.context.finalize(parsed)
-        return body, usage_from(parsed.get("usage"))
-
-    def stream_relay(self, candidate: Candidate) -> ResponsesPassthrough:
-        return ResponsesPassthrough(self.context)
-
-    def parse(self, body: bytes, candidate: Candidate) -> c.Response:
-        """The streamed answer keeps the upstream's response id: it is the one a later
-        previous_response_id must name to reach this connection's own conversation state."""
-        response = parse_response(body)
-        if isinstance(response.id, str) and response.id:
-            self.context.id = response.id
-        return response
-
-
-# --- the Responses API as the upstream format of a translated request --------------------------
-
-
-def _input_part(part: c.Part) -> dict[str, Any]:
-    if isinstance(part, c.Text):
-        return {"type": "input_text", "text": part.text}
-    if isinstance(part, c.Image):
-        return {"type": "input_image", "image_url": part.url} | ({"detail": part.detail} if part.detail else {})
-    return {"type": "input_file"} | {
-        k: v for k, v in (("file_data", part.data), ("file_id", part.file_id), ("filename", part.filename)) if v
-    }
-
-
-def build_request(request: c.Request, model: str) -> dict[str, Any]:
-    """The canonical request as a Responses body (the inverse of `parse_request`)."""
-    messages = request.messages
-    body: dict[str, Any] = {"model": model}
-    if messages and messages[0].role == "system":
-        body["instructions"] = messages[0].text()
-        messages = messages[1:]
-    items: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role == "tool":
-            items.append({"type": "function_call_output", "call_id": message.tool_call_id, "output": message.text()})
-        elif message.role == "assistant":
-            if message.text():
-                content = [{"type": "output_text", "text": message.text()}]
-                items.append({"type": "message", "role": "assistant", "content": content})
-            items += [
-                {"type": "function_call", "call_id": call.id, "name": call.name, "arguments": call.arguments}
-                for call in message.tool_calls
-            ]
-        else:
-            content = [_input_part(p) for p in message.content]
-            items.append({"type": "message", "role": message.role, "content": content})
-    body["input"] = items
-    if request.tools:
-        # Responses makes function tools strict unless told otherwise: keep the client's meaning.
-        body["tools"] = [
-            {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters,
-             "strict": bool(t.strict)}
-            for t in request.tools
-        ]  # fmt: skip
-    if request.forced_tool:
-        body["tool_choice"] = {"type": "function", "name": request.forced_tool}
-    elif request.tool_choice:
-        body["tool_choice"] = request.tool_choice
-    for key in ("parallel_tool_calls", "max_output_tokens", "temperature", "top_p", "metadata", "user"):
-        value = getattr(request, key)
-        if value is not None:
-            body[key] = value
-    fmt = request.output_format
-    if fmt is not None:
-        body["text"] = {"format": {"type": "json_object"}}
-        if fmt.type == "json_schema":
-            body["text"]["format"] = {"type": "json_schema", "name": fmt.name or "response", "schema": fmt.schema or {}}
-            if fmt.strict is not None:
-                body["text"]["format"]["strict"] = fmt.strict
-    if request.reasoning_effort:
-        body["reasoning"] = {"effort": request.reasoning_effort}
-    body["store"] = False  # the gateway keeps conversation state itself
-    if request.stream:
-        body["stream"] = True
-    return body
-
-
-def _finish_of(response: dict[str, Any], calls: bool) -> c.Finish:
-    if response.get("status") == "incomplete":
-        details = response.get("incomplete_details")
-        reason = details.get("reason") if isinstance(details, dict) else None
-        return "content_filter" if reason == "content_filter" else "length"
-    return "tool_calls" if calls else "stop"
-
-
-def parse_response(body: bytes) -> c.Response:
-    response = parse_object(body, "2xx response body")
-    if response.get("status") == "failed" or (response.get("error") and not response.get("output")):
-        raise _error_from_event(response)
-    out = c.Response(usage=usage_from(response.get("usage")), id=response.get("id"), model=response.get("model"))
-    text: list[str] = []
-    for item in response.get("output") or []:
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind == "message":
-            text += [p.get("text", "") for p in item.get("content") or [] if p.get("type") == "output_text"]
-            refusals = [p.get("refusal", "") for p in item.get("content") or [] if p.get("type") == "refusal"]
-            out.refusal = "".join(refusals) or out.refusal
-        elif kind == "reasoning":
-            out.reasoning += _reasoning_of(item)
-        elif kind == "function_call":
-            out.tool_calls.append(
-                c.ToolCall(str(item.get("call_id")), str(item.get("name")), str(item.get("arguments", "")))
-            )
-    out.text = "".join(text)
-    out.finish = _finish_of(response, bool(out.tool_calls))
-    return out
-
-
-class ResponsesDecoder:
-    """Responses stream events -> canonical events."""
-
-    def __init__(self) -> None:
-        self.calls = False
-        self.terminal = False
-
-    def feed(self, event: SSEEvent) -> list[c.Event]:
-        if event.comment or event.data == b"[DONE]":
-            return []
-        payload = parse_object(event.data, "stream event")
-        kind = payload.get("type")
-        if kind in ("error", "response.failed"):
-            raise _error_from_event(payload)
-        if kind == "response.output_text.delta":
-            return [c.TextDelta(str(payload.get("delta", "")))]
-        if kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
-            return [c.ReasoningDelta(str(payload.get("delta", "")))]
-        index = payload.get("output_index", 0)
-        item = payload.get("item") if isinstance(payload.get("item"), dict) else {}
-        if kind == "response.output_item.added" and item.get("type") == "function_call":
-            self.calls = True
-            return [c.ToolCallStart(index, str(item.get("call_id")), str(item.get("name")))]
-        if kind == "response.function_call_arguments.delta":
-            return [c.ToolCallDelta(index, str(payload.get("delta", "")))]
-        if kind in TERMINAL:
-            self.terminal = True
-            response = payload.get("response") if isinstance(payload.get("response"), dict) else {}
-            events: list[c.Event] = [c.FinishEvent(_finish_of(response, self.calls))]
-            usage = usage_from(response.get("usage"))
-            return [*events, c.UsageEvent(usage)] if usage is not None else events
-        return []
-
-    def end(self) -> list[c.Event]:
-        if not self.terminal:
-            raise bad("stream ended before its terminal event")
-        return []
-
-
-class ResponsesUpstream:
-    """The Responses API as the upstream format, for connections that serve it (`responses: native`).
-    A request with `stop` goes to Chat Completions instead: Responses has no stop sequences."""
-
-    dialect = Dialect.OPENAI
-
-    def accepts(self, connection: Connection, request: c.Request) -> bool:
-        return connection.dialect is Dialect.OPENAI and connection.responses_native and not request.stop
-
-    def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
-        body = orjson.dumps(build_request(request, candidate.model))
-        return UpstreamCall("/responses", body, {"Content-Type": "application/json"})
-
-    def parse(self, body: bytes, connection: Connection) -> c.Response:
-        return parse_response(body)
-
-    def decoder(self, connection: Connection) -> ResponsesDecoder:
-        return ResponsesDecoder()
