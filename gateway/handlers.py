@@ -18,7 +18,9 @@ from .formats import openai_responses as responses_format
 from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
 from .formats.base import random_hex, render_error
 from .formats.canonical import Request, estimate_tokens, request_chars
-from .formats.gemini import GeminiClient, GeminiUpstream, NativeCountTokens, NativeGenerate, parse_generate_request
+from .formats.gemini import client as gemini_client
+from .formats.gemini import native as gemini_native
+from .formats.gemini import upstream as gemini_upstream
 from .formats.openai_chat import ChatClient, ChatUpstream, OpenAIRelay, parse_chat_request
 from .formats.openai_responses import NativeResponses, ResponseContext, ResponsesClient, ResponsesUpstream
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -114,7 +116,7 @@ def _upstreams(
     if anthropic:
         upstreams.append(AnthropicUpstream(gateway.config.anthropic_sampling_rules))
     if gemini:
-        upstreams.append(GeminiUpstream())
+        upstreams.append(gemini_upstream.Upstream())
     return upstreams
 
 
@@ -294,15 +296,13 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     if method == "countTokens":
         return await _gemini_count_tokens(request, model, body)
     sse = method == "streamGenerateContent" and request.query.get("alt") == "sse"
-    client = GeminiClient(model)
+    array = method == "streamGenerateContent" and not sse
+    client = gemini_client.Renderer(model, array)
     bridge = Bridge(
-        client, lambda: parse_generate_request(body, sse), _upstreams(gateway, chat=True, gemini=False), stream=sse
+        client, lambda: gemini_client.parse_request(body, sse), _upstreams(gateway, chat=True, gemini=False), stream=sse
     )
-    relay = PerConnection(NativeGenerate(body, sse), bridge, stream=sse)
-    response = await _serve(request, record, relay, model, body)
-    if method == "streamGenerateContent" and not sse and isinstance(response, web.Response) and response.status == 200:
-        response.body = b"[" + bytes(response.body) + b"]"  # the stream method without SSE answers an array
-    return response
+    relay = PerConnection(gemini_native.Native(body, sse, array), bridge, stream=sse)
+    return await _serve(request, record, relay, model, body)
 
 
 async def _gemini_count_tokens(request: web.Request, model: str, body: dict[str, Any]) -> web.StreamResponse:
@@ -310,8 +310,8 @@ async def _gemini_count_tokens(request: web.Request, model: str, body: dict[str,
     inner = body.get("generateContentRequest")  # the other documented shape: a whole generateContent request
     counted = inner if isinstance(inner, dict) else body
     return await _token_count(
-        request, model, NativeCountTokens(body), "totalTokens",
-        lambda: request_chars(parse_generate_request(counted, False)),
+        request, model, gemini_native.NativeCountTokens(body), "totalTokens",
+        lambda: request_chars(gemini_client.parse_request(counted, False)),
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from .contracts import Candidate, Dialect
 from .errors import Reason, UpstreamError
 from .formats import canonical as c
 from .formats.anthropic import AnthropicUpstream
-from .formats.gemini import GeminiUpstream
+from .formats.gemini import upstream as gemini_upstream
 from .formats.openai_chat import ChatUpstream
 from .transport import Transport, scrub_text
 
@@ -46,7 +46,7 @@ def _upstream_format(connection: Connection, config: Config):
     if connection.dialect is Dialect.ANTHROPIC:
         return AnthropicUpstream(config.anthropic_sampling_rules)
     if connection.dialect is Dialect.GEMINI:
-        return GeminiUpstream()
+        return gemini_upstream.Upstream()
     return ChatUpstream()
 
 

@@ -9,8 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.formats import anthropic, gemini, openai_chat, openai_responses
+from gateway.formats import anthropic, openai_chat, openai_responses
 from gateway.formats import canonical as c
+from gateway.formats.gemini import client as gemini_client
+from gateway.formats.gemini import upstream as gemini_upstream
 from gateway.presets import SamplingRule
 
 CONNECTION = parse_config({"connections": [{"name": "x", "provider": "openai_compatible", "base_url": "http://h/v1"}]})
@@ -76,7 +78,7 @@ def shape(request: c.Request) -> dict[str, Any]:
 
     messages = []
     for m in request.messages:
-        base = m.tool_call_id.split(gemini.SIGNATURE_SEPARATOR)[0] if m.tool_call_id else None
+        base = m.tool_call_id.split(gemini_upstream.SIGNATURE_SEPARATOR)[0] if m.tool_call_id else None
         messages.append(
             (
                 m.role,
@@ -103,7 +105,7 @@ def via_anthropic(request: c.Request) -> c.Request:
 
 
 def via_gemini(request: c.Request) -> c.Request:
-    return gemini.parse_generate_request(gemini.build_request(request), stream=False)
+    return gemini_client.parse_request(gemini_upstream.build_request(request), stream=False)
 
 
 ROUND_TRIPS = {"chat": via_chat, "responses": via_responses, "anthropic": via_anthropic, "gemini": via_gemini}
