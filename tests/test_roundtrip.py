@@ -9,8 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.formats import anthropic, gemini
+from gateway.formats import anthropic
 from gateway.formats import canonical as c
+from gateway.formats.gemini import client as gemini_client
+from gateway.formats.gemini import upstream as gemini_upstream
 from gateway.formats.openai_chat import client as chat_client
 from gateway.formats.openai_chat import upstream as chat_upstream
 from gateway.formats.openai_responses import client as responses_client
@@ -80,7 +82,7 @@ def shape(request: c.Request) -> dict[str, Any]:
 
     messages = []
     for m in request.messages:
-        base = m.tool_call_id.split(gemini.SIGNATURE_SEPARATOR)[0] if m.tool_call_id else None
+        base = m.tool_call_id.split(gemini_upstream.SIGNATURE_SEPARATOR)[0] if m.tool_call_id else None
         messages.append(
             (
                 m.role,
@@ -107,7 +109,7 @@ def via_anthropic(request: c.Request) -> c.Request:
 
 
 def via_gemini(request: c.Request) -> c.Request:
-    return gemini.parse_generate_request(gemini.build_request(request), stream=False)
+    return gemini_client.parse_request(gemini_upstream.build_request(request), stream=False)
 
 
 ROUND_TRIPS = {"chat": via_chat, "responses": via_responses, "anthropic": via_anthropic, "gemini": via_gemini}
