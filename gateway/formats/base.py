@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 
-from ..contracts import Dialect
 from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
 from ..sse import SSEEvent, SSEParser, encode_event
 from . import canonical as c
@@ -213,53 +212,3 @@ class DecodedPassthrough(EachEvent):
 
     def error(self, error: UpstreamError, connection: str) -> bytes:
         return self._error(error, connection)
-
-
-# --- rendering errors in the client's own format -------------------------------------------------
-
-_OPENAI_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-    504: "timeout",
-}
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-}
-_GEMINI_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
-
-def error_object(api: Dialect, status: int, message: str, code: str | None = None, param: str | None = None):
-    """The JSON-able error body a client of `api` expects for an HTTP `status`."""
-    if api is Dialect.ANTHROPIC:
-        kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    if api is Dialect.GEMINI:
-        state = _GEMINI_STATUS.get(status, "FAILED_PRECONDITION" if status < 500 else "INTERNAL")
-        return {"error": {"code": status, "message": message, "status": state}}
-    kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def render_error(api: Dialect, status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
-    return orjson.dumps(error_object(api, status, message, code, param))

@@ -13,7 +13,6 @@ types; where they disagree the choice is noted (reasoning deltas: the live API's
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,15 +323,16 @@ class ResponseContext:
     body: dict[str, Any]
     model: str
     stored: bool = False  # echoed as `store`: the gateway keeps this answer for previous_response_id
-    on_final: Callable[[dict[str, Any]], None] | None = None
+    final: dict[str, Any] | None = None  # the finished (completed or incomplete) Response, once there is one
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
     _echo: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def finalize(self, response: dict[str, Any]) -> None:
-        """A finished answer, whoever produced it; called before its last bytes reach the client."""
-        if self.on_final is not None and response.get("status") in ("completed", "incomplete"):
-            self.on_final(response)
+        """A finished answer, whoever produced it (the Renderer, the Encoder, the native path): kept as
+        `final` when it completed, for the request's end hook to store."""
+        if response.get("status") in ("completed", "incomplete"):
+            self.final = response
 
     def response(
         self,
