@@ -15,7 +15,9 @@ from .bridge import Bridge, PerConnection, UpstreamFormat
 from .contracts import Dialect, Relay
 from .errors import GatewayError
 from .formats import openai_responses as responses_format
-from .formats.anthropic import AnthropicClient, AnthropicUpstream, NativeMessages, parse_messages_request
+from .formats.anthropic import client as anthropic_client
+from .formats.anthropic import native as anthropic_native
+from .formats.anthropic import upstream as anthropic_upstream
 from .formats.base import random_hex, render_error
 from .formats.canonical import Request, estimate_tokens, request_chars
 from .formats.gemini import GeminiClient, GeminiUpstream, NativeCountTokens, NativeGenerate, parse_generate_request
@@ -112,7 +114,7 @@ def _upstreams(
     if chat:  # native Responses connections first through their own API, then Chat Completions
         upstreams += [ResponsesUpstream(), ChatUpstream()]
     if anthropic:
-        upstreams.append(AnthropicUpstream(gateway.config.anthropic_sampling_rules))
+        upstreams.append(anthropic_upstream.Upstream(gateway.config.anthropic_sampling_rules))
     if gemini:
         upstreams.append(GeminiUpstream())
     return upstreams
@@ -244,12 +246,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
     stream = body.get("stream") is True
 
     def parse() -> Request:
-        return parse_messages_request(body)
+        return anthropic_client.parse_request(body)
 
     bridge = Bridge(
-        AnthropicClient(model, parse), parse, _upstreams(gateway, chat=True, anthropic=False), stream=stream
+        anthropic_client.Renderer(model, parse), parse, _upstreams(gateway, chat=True, anthropic=False), stream=stream
     )
-    relay = PerConnection(NativeMessages(body, request.headers), bridge, stream=stream)
+    relay = PerConnection(anthropic_native.Native(body, request.headers), bridge, stream=stream)
     return await _serve(request, record, relay, model, body)
 
 
@@ -258,9 +260,9 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request)
     model = _require(body, "model", str, "a string")
     _require(body, "messages", list, "an array of messages")
-    native = NativeMessages(body, request.headers, path="/messages/count_tokens")
+    native = anthropic_native.Native(body, request.headers, path="/messages/count_tokens")
     return await _token_count(
-        request, model, native, "input_tokens", lambda: request_chars(parse_messages_request(body))
+        request, model, native, "input_tokens", lambda: request_chars(anthropic_client.parse_request(body))
     )
 
 

@@ -17,7 +17,7 @@ from .config import Config, Connection
 from .contracts import Candidate, Dialect
 from .errors import Reason, UpstreamError
 from .formats import canonical as c
-from .formats.anthropic import AnthropicUpstream
+from .formats.anthropic import upstream as anthropic_upstream
 from .formats.gemini import GeminiUpstream
 from .formats.openai_chat import ChatUpstream
 from .transport import Transport, scrub_text
@@ -44,7 +44,7 @@ class ProbeResult:
 
 def _upstream_format(connection: Connection, config: Config):
     if connection.dialect is Dialect.ANTHROPIC:
-        return AnthropicUpstream(config.anthropic_sampling_rules)
+        return anthropic_upstream.Upstream(config.anthropic_sampling_rules)
     if connection.dialect is Dialect.GEMINI:
         return GeminiUpstream()
     return ChatUpstream()

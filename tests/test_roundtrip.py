@@ -9,8 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.formats import anthropic, gemini, openai_chat, openai_responses
 from gateway.formats import canonical as c
+from gateway.formats import gemini, openai_chat, openai_responses
+from gateway.formats.anthropic import client as anthropic_client
+from gateway.formats.anthropic import upstream as anthropic_upstream
 from gateway.presets import SamplingRule
 
 CONNECTION = parse_config({"connections": [{"name": "x", "provider": "openai_compatible", "base_url": "http://h/v1"}]})
@@ -98,8 +100,8 @@ def via_responses(request: c.Request) -> c.Request:
 
 
 def via_anthropic(request: c.Request) -> c.Request:
-    body = anthropic.build_request(request, "claude-x", CONNECTION_X, SamplingRule())
-    return anthropic.parse_messages_request(body)
+    body = anthropic_upstream.build_request(request, "claude-x", CONNECTION_X, SamplingRule())
+    return anthropic_client.parse_request(body)
 
 
 def via_gemini(request: c.Request) -> c.Request:
