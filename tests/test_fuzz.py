@@ -855,7 +855,7 @@ GEMINI_HI = [{"role": "user", "parts": [{"text": "hi"}]}]
         ("/v1beta/models/to-chat:generateContent", {"contents": GEMINI_HI, "tools": 5}),
         ("/v1beta/models/to-chat:generateContent",
          {"contents": GEMINI_HI, "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": 1}}}),
-        # anthropic._text_of: a system or tool_result text block whose text is not a string (TypeError)
+        # anthropic.client._text_of: a system or tool_result text block whose text is not a string (TypeError)
         ("/v1/messages/count_tokens", {"model": "to-chat", "messages": HI, "system": [{"type": "text", "text": []}]}),
         ("/v1/messages", {"model": "to-gem", "max_tokens": 9, "messages": [
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",

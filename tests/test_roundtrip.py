@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.formats import anthropic
 from gateway.formats import canonical as c
+from gateway.formats.anthropic import client as anthropic_client
+from gateway.formats.anthropic import upstream as anthropic_upstream
 from gateway.formats.gemini import client as gemini_client
 from gateway.formats.gemini import upstream as gemini_upstream
 from gateway.formats.openai_chat import client as chat_client
@@ -104,8 +105,8 @@ def via_responses(request: c.Request) -> c.Request:
 
 
 def via_anthropic(request: c.Request) -> c.Request:
-    body = anthropic.build_request(request, "claude-x", CONNECTION_X, SamplingRule())
-    return anthropic.parse_messages_request(body)
+    body = anthropic_upstream.build_request(request, "claude-x", CONNECTION_X, SamplingRule())
+    return anthropic_client.parse_request(body)
 
 
 def via_gemini(request: c.Request) -> c.Request:
