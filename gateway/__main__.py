@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, ca_location, load_config, store_location
+from .config.load import ca_location, load_config, store_location
+from .config.model import ConfigError
 
 DEFAULT_CONFIG = os.environ.get("GATEWAY_CONFIG", "config/gateway.yaml")
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import admin, handlers
 from .catalog import Catalog
-from .config import Config
+from .config.model import Config
 from .errors import GatewayError
 from .metrics import Metrics
 from .proxy import ProxySite

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from .config import GLOB_CHARS, CatalogConfig, Config, Connection
+from .config.model import GLOB_CHARS, CatalogConfig, Config, Connection
 from .errors import UpstreamError
 from .formats import registry
 from .transport import Transport, scrub_text

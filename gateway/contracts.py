@@ -30,7 +30,7 @@ from .formats.canonical import Usage
 from .sse import SSEEvent
 
 if TYPE_CHECKING:  # config imports this module (a connection's dialect): the types only
-    from .config import Connection
+    from .config.model import Connection
     from .presets import SamplingRule
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from .config import LoggingConfig
+from .config.model import LoggingConfig
 from .record import RequestRecord
 
 request_log = logging.getLogger("gateway.request")

@@ -16,7 +16,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
-from .config import Connection
+from .config.model import Connection
 from .record import RequestRecord
 
 # LLM calls take from tens of milliseconds to minutes.

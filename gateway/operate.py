@@ -11,7 +11,8 @@ from typing import TypeVar
 import orjson
 
 from .catalog import Catalog
-from .config import Config, ConfigError, load_config
+from .config.load import load_config
+from .config.model import Config, ConfigError
 from .probe import ProbeResult, probe_connections
 from .transport import Transport
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from .catalog import list_models
-from .config import Config, Connection
+from .config.model import Config, Connection
 from .contracts import Candidate
 from .errors import Reason, UpstreamError
 from .formats import canonical as c

@@ -45,7 +45,7 @@ from yarl import URL
 
 from . import handlers
 from .ca import CAError, CertificateAuthority, system_bundle
-from .config import HOST_RE, Config, ProxyConfig
+from .config.model import HOST_RE, Config, ProxyConfig
 from .errors import GatewayError, Reason, classify_status
 from .metrics import Counter
 from .record import Attempt, RequestRecord

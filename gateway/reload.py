@@ -17,7 +17,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .config import Config, ConfigError, load_config
+from .config.load import load_config
+from .config.model import Config, ConfigError
 from .runtime import Gateway
 
 log = logging.getLogger("gateway.reload")

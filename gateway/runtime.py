@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .auth import ClientAuth
 from .catalog import Catalog
-from .config import Config
+from .config.model import Config
 from .contracts import UpstreamFormat
 from .formats import registry
 from .logs import log_request

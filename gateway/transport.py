@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from .config import Connection
+from .config.model import Connection
 from .errors import ErrorKind, Reason, UpstreamError, classify_status, parse_retry_after
 from .presets import auth_headers
 from .sse import SSEEvent, SSEParser

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from gateway.app import start
-from gateway.config import Config, parse_config
+from gateway.config.model import Config
+from gateway.config.sections import parse_config
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CLIENT_KEY = "gw-client-key-123"

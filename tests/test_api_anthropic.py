@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.config import parse_config
+from gateway.config.sections import parse_config
 from gateway.contracts import Dialect
 from gateway.errors import Reason, UpstreamError
 from gateway.formats.anthropic.api import API

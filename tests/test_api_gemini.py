@@ -7,7 +7,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.config import parse_config
+from gateway.config.sections import parse_config
 from gateway.contracts import Candidate, Dialect
 from gateway.errors import Reason, UpstreamError
 from gateway.formats.canonical import Response

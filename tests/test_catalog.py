@@ -15,7 +15,8 @@ from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
 from gateway.__main__ import main
-from gateway.config import ConfigError, parse_config
+from gateway.config.model import ConfigError
+from gateway.config.sections import parse_config
 
 from .conftest import CLIENT_KEY, closed_port_url, connection, gateway_config
 from .mock_openai import completion, error_handler, stall_handler

@@ -10,7 +10,9 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway import errors
-from gateway.config import Config, ConfigError, Connection, ServerConfig, Timeouts, load_config, parse_config
+from gateway.config.load import load_config
+from gateway.config.model import Config, ConfigError, Connection, ServerConfig, Timeouts
+from gateway.config.sections import parse_config
 from gateway.contracts import Candidate, Dialect
 from gateway.errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status, parse_retry_after
 from gateway.presets import DEFAULT_SAMPLING_RULES, AuthStyle

@@ -34,7 +34,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ca import CERT_FILE, KEY_FILE
-from gateway.config import DEFAULT_INTERCEPT, parse_config
+from gateway.config.model import DEFAULT_INTERCEPT
+from gateway.config.sections import parse_config
 
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_openai import completion, error_handler, json_handler

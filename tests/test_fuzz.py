@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import start
-from gateway.config import parse_config
+from gateway.config.sections import parse_config
 from gateway.sse import SSEEvent, SSEParser, encode_event
 
 FUZZ = settings(

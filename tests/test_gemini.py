@@ -250,7 +250,8 @@ async def test_max_context_skips_small_connections(start_upstream, start_gateway
 
 
 def test_api_version_shapes_the_preset_url_and_conflicts_with_base_url():
-    from gateway.config import ConfigError, parse_config
+    from gateway.config.model import ConfigError
+    from gateway.config.sections import parse_config
 
     def parse(**extra):
         return parse_config({"connections": [{"name": "g", "provider": "gemini", "api_key": "k", **extra}]})

@@ -27,7 +27,8 @@ from cryptography import x509
 from gateway.__main__ import main
 from gateway.app import start
 from gateway.ca import CertificateAuthority, system_bundle
-from gateway.config import ConfigError, parse_config
+from gateway.config.model import ConfigError
+from gateway.config.sections import parse_config
 from gateway.proxy import ProxySite
 
 from .conftest import CLIENT_KEY, Received, connection, gateway_config

@@ -242,7 +242,8 @@ async def test_rate_limited_keys_rest_then_the_next_connection(start_upstream, s
 
 
 def test_config_rejects_both_key_forms():
-    from gateway.config import ConfigError, parse_config
+    from gateway.config.model import ConfigError
+    from gateway.config.sections import parse_config
 
     with pytest.raises(ConfigError, match=r"connections\[0\]\.api_key: is given together with api_keys"):
         parse_config({"connections": [{"name": "x", "provider": "groq", "api_key": "a", "api_keys": ["b"]}]})

@@ -268,7 +268,7 @@ async def test_json_request_lines_skip_the_log_record_but_read_the_same(monkeypa
     import io
 
     from gateway import logs
-    from gateway.config import LoggingConfig
+    from gateway.config.model import LoggingConfig
     from gateway.contracts import Dialect
     from gateway.errors import Reason
     from gateway.record import Attempt, RequestRecord, Usage

@@ -10,7 +10,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.config import BreakerSettings, ConfigError, RetrySettings, parse_config
+from gateway.config.model import BreakerSettings, ConfigError, RetrySettings
+from gateway.config.sections import parse_config
 from gateway.errors import ErrorKind, Reason, UpstreamError
 from gateway.routing.policy import retry_wait
 from gateway.state.base import PASS, BreakerState

@@ -19,7 +19,7 @@ import yaml
 from aiohttp import web
 
 from gateway.app import start
-from gateway.config import load_config
+from gateway.config.load import load_config
 
 from .conftest import CLIENT_KEY, connection, gateway_config
 from .mock_openai import chunk, completion, error_handler, stream_handler

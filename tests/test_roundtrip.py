@@ -8,7 +8,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import parse_config
+from gateway.config.sections import parse_config
 from gateway.formats import canonical as c
 from gateway.formats.anthropic import client as anthropic_client
 from gateway.formats.anthropic import upstream as anthropic_upstream

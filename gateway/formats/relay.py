@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import Connection
+from ..config.model import Connection
 from ..contracts import Candidate, Decoder, Encoder, Native, Renderer, StreamRelay, UpstreamCall, UpstreamFormat
 from ..sse import SSEEvent
 from . import canonical as c

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from ..config import Connection
+from ..config.model import Connection
 from ..contracts import Candidate, StreamRelay, UpstreamCall
 from ..errors import ErrorKind, Reason, UpstreamError
 from ..record import Attempt

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from ..config import Config, Connection
+from ..config.model import Config, Connection
 from ..contracts import Candidate, Dialect, DialectApi, Relay, UpstreamCall
 from ..errors import Reason, UpstreamError
 from ..record import Attempt, RequestRecord

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import aiohttp
 from aiohttp import web
 
-from ..config import Config
+from ..config.model import Config
 from ..contracts import Dialect, UpstreamCall
 from ..errors import ErrorKind, GatewayError, Reason, UpstreamError
 from ..record import Attempt, RequestRecord

@@ -8,7 +8,7 @@ import functools
 import re
 from collections.abc import Mapping
 
-from ..config import GLOB_CHARS, Config, Connection
+from ..config.model import GLOB_CHARS, Config, Connection
 from ..contracts import Candidate, Relay
 from ..errors import GatewayError, Reason
 from ..formats.canonical import Features

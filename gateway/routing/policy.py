@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import RetrySettings
+from ..config.model import RetrySettings
 from ..contracts import Candidate
 from ..errors import GatewayError, Reason, UpstreamError
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..config import Connection
+from ..config.model import Connection
 from ..contracts import Candidate
 from ..errors import Reason, UpstreamError
 

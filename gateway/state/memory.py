@@ -8,7 +8,7 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from ..config import BreakerSettings, Connection
+from ..config.model import BreakerSettings, Connection
 from ..contracts import Candidate
 from ..errors import Reason, UpstreamError
 from .base import (

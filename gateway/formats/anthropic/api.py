@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ...config import Connection
+from ...config.model import Connection
 from ...contracts import Dialect
 from ...presets import SamplingRule
 from ..base import bad

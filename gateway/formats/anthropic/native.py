@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ...config import Connection
+from ...config.model import Connection
 from ...contracts import Candidate, Dialect, UpstreamCall
 from .. import canonical as c
 from ..base import DecodedPassthrough, bad, fold_stream, parse_object

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ...config import Connection
+from ...config.model import Connection
 from ...contracts import Candidate, Dialect, UpstreamCall
 from ...errors import UpstreamError
 from ...presets import SamplingRule

@@ -14,7 +14,7 @@ from ..base import bad
 from .upstream import Upstream
 
 if TYPE_CHECKING:
-    from ...config import Connection
+    from ...config.model import Connection
     from ...presets import SamplingRule
 
 # --- tables ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from ..base import bad
 from . import upstream
 
 if TYPE_CHECKING:
-    from ...config import Connection
+    from ...config.model import Connection
     from ...presets import SamplingRule
 
 # --- tables -----------------------------------------------------------------------------------------

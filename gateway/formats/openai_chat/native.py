@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ...config import Connection
+from ...config.model import Connection
 from ...contracts import Candidate, Dialect, UpstreamCall
 from ...errors import UpstreamError
 from ...sse import SSEEvent, encode_comment, encode_event, object_events

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ...config import Connection
+from ...config.model import Connection
 from ...contracts import Candidate, Dialect, UpstreamCall
 from ...errors import UpstreamError
 from ...sse import SSEEvent, SSEParser, encode_comment, encode_event

@@ -1,368 +1,46 @@
-"""YAML -> a typed, validated Config.
-
-Every error names the file, the key path and the fix, and stops the server from starting. A
-connection whose key reference cannot be resolved is not an error: it is disabled with a warning
-(and the reason shown by `/readyz` and in the 503 a client gets when nothing is enabled).
-"""
+"""Each section of the YAML file -> its typed config, and `parse_config` putting them together."""
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
 import logging
-import math
-import os
 import re
 import ssl
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import yaml
-
-from .keystore import KeyStore, KeyStoreError, load_master
-from .presets import (
-    DEFAULT_SAMPLING_RULES,
-    PRESETS,
-    SAMPLERS,
-    AuthStyle,
-    Capabilities,
-    Dialect,
-    Preset,
-    SamplingRule,
+from ..presets import DEFAULT_SAMPLING_RULES, PRESETS, SAMPLERS, Capabilities, Preset, SamplingRule
+from .model import (
+    GLOB_CHARS,
+    HOST_RE,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    NAME_RE,
+    PROXY_MODES,
+    AdminConfig,
+    AuthConfig,
+    BreakerSettings,
+    CatalogConfig,
+    Config,
+    ConfigError,
+    Connection,
+    LimitsConfig,
+    LoggingConfig,
+    ProxyConfig,
+    Reliability,
+    RetrySettings,
+    ServerConfig,
+    StoreConfig,
+    Timeouts,
 )
+from .reader import Reader, kind_of
+from .secrets import References, resolve_secrets
 
 log = logging.getLogger("gateway.config")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9-]+$")
-GLOB_CHARS = frozenset("*?[")
-
-
-class ConfigError(Exception):
-    """A configuration the gateway refuses to start with."""
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds. `first_byte` runs until response headers and, for streams, until the commit."""
-
-    connect: float = 5.0
-    first_byte: float = 20.0
-    idle: float = 60.0
-    total: float = 600.0
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSettings:
-    """After `failures` health failures within `window` seconds the connection is skipped for `cooldown`
-    seconds, then half-open: one probe request decides. `failures: 0` turns the breaker off."""
-
-    failures: int = 5
-    window: float = 30.0
-    cooldown: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class RetrySettings:
-    """Extra tries on the same connection after a 429 / 503 / overloaded answer (after its other keys),
-    waiting what that answer's Retry-After says; a longer wait than `max_wait` falls back instead."""
-
-    attempts: int = 0
-    max_wait: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Reliability:
-    """`reliability:` holds the defaults; a connection's own keys of the same names override them."""
-
-    breaker: BreakerSettings = BreakerSettings()
-    retry: RetrySettings = RetrySettings()
-    max_concurrent: int | None = None  # requests in flight at once; None: unlimited
-    queue_timeout: float = 1.0  # how long a request waits for a slot before the connection counts as busy
-
-
-@dataclass(slots=True)
-class Connection:
-    name: str
-    provider: str
-    dialect: Dialect
-    auth: AuthStyle
-    base_url: str | None
-    api_keys: tuple[str, ...] = field(repr=False)  # used in turn (round robin)
-    model: str | None
-    models: dict[str, str]
-    priority: float
-    timeout: Timeouts
-    headers: dict[str, str] = field(repr=False)
-    order: int
-    enabled: bool = True
-    disabled_reason: str | None = None
-    anthropic_version: str = "2023-06-01"
-    max_tokens_default: int = 4096  # Anthropic requires max_tokens: sent when the client gave none
-    responses_native: bool = False  # `responses: native`; else Responses requests are downgraded to Chat
-    max_tokens_param: str = "max_tokens"  # or max_completion_tokens
-    reasoning_tags: bool = False  # a leading <think>...</think> in the content is reasoning
-    capabilities: Capabilities = field(default_factory=Capabilities)
-    listing: bool = True  # GET {base}/models lists what it serves (the model catalog asks it)
-    listed_models: tuple[str, ...] = ()  # curated: shown when it has no listing, or its listing fails
-    reliability: Reliability = Reliability()
-
-    @property
-    def api_key(self) -> str | None:
-        return self.api_keys[0] if self.api_keys else None
-
-    def upstream_model(self, requested: str) -> str | None:
-        """The model this connection sends for `requested`, or None when it does not serve it."""
-        mapped = self.models.get(requested)
-        if mapped is not None:
-            return mapped
-        if self.model:
-            return self.model
-        if self.models:  # a connection with only a mapping serves only the names it maps
-            return None
-        return requested
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 8080
-    max_body_bytes: int = 32 * 1024 * 1024
-    deadline: float = 60.0
-    drain_delay: float = 0.0  # after SIGTERM: keep accepting (readiness already 503) so endpoints update
-    drain_timeout: float = 30.0  # then: how long in-flight requests and streams get to finish
-    watch_interval: float = 2.0  # seconds between checks of the config file for changes; 0: only SIGHUP reloads
-
-
-@dataclass(slots=True)
-class LimitsConfig:
-    max_header_bytes: int = 32 * 1024  # a client's request line and headers, together
-    max_stream_seconds: float = 3600.0  # a streamed answer, commit to last byte; a client that stops reading
-    # cannot hold a stream (and its upstream) longer than this
-
-
-@dataclass(slots=True)
-class StoreConfig:
-    """Stored Responses (previous_response_id): embedded SQLite, bounded by age and size."""
-
-    path: str = "data/responses.db"  # default: {data_dir}/responses.db
-    max_age_days: float = 30.0
-    max_bytes: int = 1024 * 1024 * 1024
-
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("json", "text")
-
-
-@dataclass(slots=True)
-class LoggingConfig:
-    level: str = "info"
-    format: str = "json"
-    bodies: bool = False  # prompts and completions in the request log line
-
-
-@dataclass(slots=True)
-class AuthConfig:
-    client_keys: tuple[str, ...] = field(default=(), repr=False)
-
-
-@dataclass(slots=True)
-class AdminConfig:
-    """`/admin/*` endpoints need `Authorization: Bearer <token>`; without a token they are off."""
-
-    token: str | None = field(default=None, repr=False)
-
-
-@dataclass(slots=True)
-class CatalogConfig:
-    """The model catalog: per-connection lists cached for `ttl` seconds and refreshed in the background
-    `refresh_ahead` seconds before they expire; one listing call waits at most `timeout`; a connection
-    whose listing failed is not asked again for `cooldown` seconds (its last good list is served)."""
-
-    ttl: float = 600.0
-    refresh_ahead: float = 60.0
-    timeout: float = 5.0
-    cooldown: float = 60.0
-
-
-DEFAULT_INTERCEPT = {
-    "api.openai.com": "managed",
-    "api.anthropic.com": "managed",
-    "generativelanguage.googleapis.com": "managed",
-}
-PROXY_MODES = ("managed", "observe")
-HOST_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
-
-
-@dataclass(slots=True)
-class ProxyConfig:
-    """The HTTP(S) proxy listener (`gateway/proxy.py`), off unless a `proxy:` section is configured."""
-
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 3128  # 0: any free port
-    intercept: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_INTERCEPT))  # host -> managed | observe
-    tunnel: frozenset[tuple[str, int]] = frozenset()  # (host, port) relayed blind
-    allow_private: bool = False  # connect to loopback, link-local and private addresses
-    auth: tuple[str, ...] = field(default=(), repr=False)  # Proxy-Authorization secrets
-    upstream_ca_file: str | None = None  # observe mode verifies real hosts with this instead of the system store
-    host_map: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # real host -> where to connect
-    ca_dir: str = "data/ca"
-
-
-@dataclass(slots=True)
-class Config:
-    data_dir: str
-    master_key_file: str
-    source: str
-    server: ServerConfig
-    auth: AuthConfig
-    logging: LoggingConfig
-    store: StoreConfig
-    anthropic_sampling_rules: list[SamplingRule]
-    connections: list[Connection]  # sorted: priority, then config order
-    routes: dict[str, list[str]]  # requested model (exact or glob) -> connection names, in config order
-    # alias -> (connection name, upstream model) in order; resolved before routes
-    aliases: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    admin: AdminConfig = field(default_factory=AdminConfig)
-    catalog: CatalogConfig = field(default_factory=CatalogConfig)
-    reliability: Reliability = Reliability()
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
-    _by_name: dict[str, Connection] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._by_name = {c.name: c for c in self.connections}
-
-    def connection(self, name: str) -> Connection:
-        return self._by_name[name]
-
-
-# --- reading helpers --------------------------------------------------------------------------------
-
-
-class _Reader:
-    """Reads one YAML mapping, knowing its file and key path so every error can name both."""
-
-    def __init__(self, source: str, path: str, data: Any) -> None:
-        self.source = source
-        self.path = path
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            self.fail(f"expected a mapping, got {_kind(data)}", "write it as `key: value` lines")
-        self.data: dict[str, Any] = data
-        self.seen: set[str] = set()
-
-    def key(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, problem: str, fix: str, key: str | None = None) -> NoReturn:
-        where = self.key(key) if key else (self.path or "(top level)")
-        raise ConfigError(f"{self.source}: {where}: {problem}. Fix: {fix}.")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.seen.add(key)
-        return self.data.get(key, default)
-
-    def string(self, key: str, default: str | None = None, *, required: bool = False, fix: str = "") -> str | None:
-        value = self.get(key)
-        if value is None:
-            if required:
-                self.fail("is required", fix or f"add `{key}:`", key)
-            return default
-        if not isinstance(value, str) or not value:
-            self.fail(f"must be a non-empty string, got {_kind(value)}", fix or "quote the value", key)
-        return value
-
-    def number(self, key: str, default: float, *, integer: bool = False, positive: bool = True) -> Any:
-        value = self.get(key)
-        if value is None:
-            return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (integer and not isinstance(value, int))
-            or not math.isfinite(value)
-        ):
-            want = "a whole number" if integer else "a number"
-            self.fail(f"must be {want}, got {_kind(value)}", f"write {want}, e.g. `{key}: {default}`", key)
-        if positive and value <= 0:
-            self.fail(f"must be greater than 0, got {value}", f"e.g. `{key}: {default}`", key)
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(f"must be true or false, got {_kind(value)}", f"write `{key}: true` or `{key}: false`", key)
-        return value
-
-    def string_map(self, key: str) -> dict[str, str]:
-        value = self.get(key)
-        if value is None:
-            return {}
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            self.fail("must map strings to strings", f"write `{key}: {{name: value}}`", key)
-        return dict(value)
-
-    def finish(self) -> None:
-        """Reject keys nobody read: a typo must not silently fall back to a default."""
-        for key in self.data:
-            if key not in self.seen:
-                close = difflib.get_close_matches(str(key), sorted(self.seen), n=1)
-                hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(self.seen))}"
-                self.fail("unknown key", f"remove it or correct it ({hint})", str(key))
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
-class References:
-    """Resolves secret references: `env:NAME`, `stored:NAME` (the encrypted key store under
-    `data_dir`, opened only when a reference needs it), anything else a literal."""
-
-    def __init__(self, data_dir: str = "data", master_key_file: str | None = None) -> None:
-        self.data_dir = Path(data_dir)
-        self.master_key_file = Path(master_key_file) if master_key_file else self.data_dir / "master.key"
-        self._store: KeyStore | None = None
-        self._store_error: str | None = None
-
-    def resolve(self, value: str) -> tuple[str | None, str | None]:
-        """(value, None), or (None, why it cannot be had)."""
-        if value.startswith("env:"):
-            var = value[4:]
-            resolved = os.environ.get(var)
-            if not resolved:
-                return None, f"environment variable {var} is not set"
-            return resolved, None
-        if value.startswith("stored:"):
-            try:
-                return self.store().get(value[7:]), None
-            except KeyStoreError as exc:
-                return None, str(exc)
-        return value, None
-
-    def store(self) -> KeyStore:
-        if self._store_error is not None:
-            raise KeyStoreError(self._store_error)
-        if self._store is None:
-            try:
-                master = load_master(self.master_key_file, create=False)
-                self._store = KeyStore(self.data_dir / "keys.db", master)
-            except (KeyStoreError, OSError) as exc:
-                self._store_error = f"the key store cannot be opened: {exc}"
-                raise KeyStoreError(self._store_error) from None
-        return self._store
-
-
-# --- sections ------------------------------------------------------------------------------------
-
-
 def _server(source: str, data: Any) -> ServerConfig:
-    r = _Reader(source, "server", data)
+    r = Reader(source, "server", data)
     d = ServerConfig()
     server = ServerConfig(
         host=r.string("host", d.host) or d.host,
@@ -383,32 +61,20 @@ def _server(source: str, data: Any) -> ServerConfig:
 
 
 def _auth(source: str, data: Any, refs: References) -> AuthConfig:
-    r = _Reader(source, "auth", data)
+    r = Reader(source, "auth", data)
     raw = r.get("client_keys") or []
     if not isinstance(raw, list) or not all(isinstance(k, str) and k for k in raw):
         r.fail("must be a list of strings", "write `client_keys: [env:GATEWAY_CLIENT_KEY]`", "client_keys")
-    keys = _resolve_secrets(refs, raw, "auth.client_keys")
+    keys = resolve_secrets(refs, raw, "auth.client_keys")
     r.finish()
     return AuthConfig(client_keys=tuple(keys))
 
 
-def _resolve_secrets(refs: References, raw: list[str], where: str) -> list[str]:
-    """The secrets a list of references names; one that cannot be resolved is left out with a warning."""
-    secrets = []
-    for ref in raw:
-        value, missing = refs.resolve(ref)
-        if value is None:
-            log.warning("%s: %s; that secret is not accepted", where, missing)
-        else:
-            secrets.append(value)
-    return secrets
-
-
-def _host_port(r: _Reader, key: str, text: Any, default_port: int | None) -> tuple[str, int | None]:
+def _host_port(r: Reader, key: str, text: Any, default_port: int | None) -> tuple[str, int | None]:
     """`host`, `host:port`, `[v6]:port`: a lowercase host name or IP address, and a port."""
     fix = "write a host name or address, optionally with a port: `example.com` or `10.0.0.5:8443`"
     if not isinstance(text, str) or not text:
-        r.fail(f"must be a host name, got {_kind(text)}", fix, key)
+        r.fail(f"must be a host name, got {kind_of(text)}", fix, key)
     host, port_text = text.lower(), None
     if host.startswith("["):
         host, _, rest = host[1:].partition("]")
@@ -449,7 +115,7 @@ def _proxy(source: str, data: Any, refs: References, server: ServerConfig) -> Pr
     default_ca_dir = str(refs.data_dir / "ca")
     if data is None:
         return ProxyConfig(ca_dir=default_ca_dir)
-    r = _Reader(source, "proxy", data)
+    r = Reader(source, "proxy", data)
     d = ProxyConfig()
     host = r.string("host", d.host) or d.host
     port = r.number("port", d.port, integer=True, positive=False)
@@ -506,7 +172,7 @@ def _proxy(source: str, data: Any, refs: References, server: ServerConfig) -> Pr
             "add `auth: [env:GATEWAY_PROXY_KEY]`, or listen on `host: 127.0.0.1`",
             "auth",
         )
-    secrets = _resolve_secrets(refs, raw_auth, "proxy.auth")
+    secrets = resolve_secrets(refs, raw_auth, "proxy.auth")
     if raw_auth and not secrets:
         r.fail("none of its secrets can be resolved, so no client could use the proxy", "set them", "auth")
     upstream_ca_file = r.string("upstream_ca_file")
@@ -534,7 +200,7 @@ def _proxy(source: str, data: Any, refs: References, server: ServerConfig) -> Pr
 
 
 def _admin(source: str, data: Any, refs: References) -> AdminConfig:
-    r = _Reader(source, "admin", data)
+    r = Reader(source, "admin", data)
     ref = r.string("token", fix="write `token: env:GATEWAY_ADMIN_TOKEN`")
     token = None
     if ref is not None:
@@ -546,7 +212,7 @@ def _admin(source: str, data: Any, refs: References) -> AdminConfig:
 
 
 def _limits(source: str, data: Any) -> LimitsConfig:
-    r = _Reader(source, "limits", data)
+    r = Reader(source, "limits", data)
     d = LimitsConfig()
     out = LimitsConfig(
         max_header_bytes=r.number("max_header_bytes", d.max_header_bytes, integer=True),
@@ -559,9 +225,9 @@ def _limits(source: str, data: Any) -> LimitsConfig:
     return out
 
 
-def _reliability(r: _Reader, d: Reliability) -> Reliability:
+def _reliability(r: Reader, d: Reliability) -> Reliability:
     """The reliability keys of `r` (the `reliability:` section, or a connection), over the defaults `d`."""
-    b = _Reader(r.source, r.key("breaker"), r.get("breaker"))
+    b = Reader(r.source, r.key("breaker"), r.get("breaker"))
     breaker = BreakerSettings(
         failures=b.number("failures", d.breaker.failures, integer=True, positive=False),
         window=float(b.number("window", d.breaker.window)),
@@ -570,7 +236,7 @@ def _reliability(r: _Reader, d: Reliability) -> Reliability:
     if breaker.failures < 0:
         b.fail("must not be negative", "e.g. `failures: 5` (0 turns the breaker off)", "failures")
     b.finish()
-    t = _Reader(r.source, r.key("retry"), r.get("retry"))
+    t = Reader(r.source, r.key("retry"), r.get("retry"))
     retry = RetrySettings(
         attempts=t.number("attempts", d.retry.attempts, integer=True, positive=False),
         max_wait=float(t.number("max_wait", d.retry.max_wait, positive=False)),
@@ -590,7 +256,7 @@ def _reliability(r: _Reader, d: Reliability) -> Reliability:
     )
 
 
-def _not_negative(r: _Reader, key: str, default: float) -> float:
+def _not_negative(r: Reader, key: str, default: float) -> float:
     value = float(r.number(key, default, positive=False))
     if value < 0:
         r.fail(f"must not be negative, got {value:g}", f"e.g. `{key}: {default:g}`", key)
@@ -598,7 +264,7 @@ def _not_negative(r: _Reader, key: str, default: float) -> float:
 
 
 def _catalog(source: str, data: Any) -> CatalogConfig:
-    r = _Reader(source, "catalog", data)
+    r = Reader(source, "catalog", data)
     d = CatalogConfig()
     out = CatalogConfig(
         ttl=float(r.number("ttl", d.ttl)),
@@ -613,7 +279,7 @@ def _catalog(source: str, data: Any) -> CatalogConfig:
 
 
 def _logging(source: str, data: Any) -> LoggingConfig:
-    r = _Reader(source, "logging", data)
+    r = Reader(source, "logging", data)
     d = LoggingConfig()
     level = (r.string("level", d.level) or d.level).lower()
     if level not in LOG_LEVELS:
@@ -636,7 +302,7 @@ def _sampling_rules(source: str, data: Any) -> list[SamplingRule]:
         )
     rules = []
     for i, item in enumerate(data):
-        r = _Reader(source, f"anthropic_sampling_rules[{i}]", item)
+        r = Reader(source, f"anthropic_sampling_rules[{i}]", item)
         prefix, version = r.string("prefix"), r.string("anthropic_version")
         if (prefix is None) == (version is None):
             r.fail("needs exactly one of `prefix` or `anthropic_version`", "name a model prefix or an API version")
@@ -650,7 +316,7 @@ def _sampling_rules(source: str, data: Any) -> list[SamplingRule]:
 
 
 def _store(source: str, data: Any, data_dir: Path) -> StoreConfig:
-    r = _Reader(source, "store", data)
+    r = Reader(source, "store", data)
     d = StoreConfig()
     out = StoreConfig(
         path=r.string("path") or str(data_dir / "responses.db"),
@@ -661,7 +327,7 @@ def _store(source: str, data: Any, data_dir: Path) -> StoreConfig:
     return out
 
 
-def _timeouts(r: _Reader) -> Timeouts:
+def _timeouts(r: Reader) -> Timeouts:
     value = r.get("timeout")
     d = Timeouts()
     if value is None:
@@ -669,7 +335,7 @@ def _timeouts(r: _Reader) -> Timeouts:
     if not isinstance(value, dict):
         # a scalar sets first_byte only: the common knob ("how long before I give up on this one")
         return Timeouts(first_byte=float(r.number("timeout", d.first_byte)))
-    t = _Reader(r.source, r.key("timeout"), value)
+    t = Reader(r.source, r.key("timeout"), value)
     out = Timeouts(
         connect=float(t.number("connect", d.connect)),
         first_byte=float(t.number("first_byte", d.first_byte)),
@@ -680,7 +346,7 @@ def _timeouts(r: _Reader) -> Timeouts:
     return out
 
 
-def _key_references(r: _Reader) -> list[str]:
+def _key_references(r: Reader) -> list[str]:
     """`api_key: REF` or `api_keys: [REF, ...]` (several keys used in turn), not both."""
     single, several = r.get("api_key"), r.get("api_keys")
     if single is not None and several is not None:
@@ -697,7 +363,7 @@ def _key_references(r: _Reader) -> list[str]:
 def _connection(
     source: str, index: int, data: Any, names: set[str], refs: References, reliability: Reliability
 ) -> Connection:
-    r = _Reader(source, f"connections[{index}]", data)
+    r = Reader(source, f"connections[{index}]", data)
     name = r.string("name", required=True, fix="give it a name of letters, digits and hyphens, e.g. `name: groq-main`")
     assert name is not None
     if not NAME_RE.match(name):
@@ -806,7 +472,7 @@ def _connection(
     return connection
 
 
-def _listing(r: _Reader, preset: Preset) -> dict[str, Any]:
+def _listing(r: Reader, preset: Preset) -> dict[str, Any]:
     """`listed_models: [ids]` curates what the catalog shows for a connection instead of its live list."""
     listed = r.get("listed_models")
     if listed is None:
@@ -816,8 +482,8 @@ def _listing(r: _Reader, preset: Preset) -> dict[str, Any]:
     return {"listing": False, "listed_models": tuple(listed)}
 
 
-def _capabilities(parent: _Reader, default: Capabilities) -> Capabilities:
-    r = _Reader(parent.source, parent.key("capabilities"), parent.get("capabilities"))
+def _capabilities(parent: Reader, default: Capabilities) -> Capabilities:
+    r = Reader(parent.source, parent.key("capabilities"), parent.get("capabilities"))
     max_context = r.get("max_context")
     if max_context is not None:
         max_context = r.number("max_context", 128000, integer=True)
@@ -832,7 +498,7 @@ def _capabilities(parent: _Reader, default: Capabilities) -> Capabilities:
     return out
 
 
-def _choice(r: _Reader, key: str, choices: dict[str, Any], default: Any) -> Any:
+def _choice(r: Reader, key: str, choices: dict[str, Any], default: Any) -> Any:
     value = r.get(key)
     if value is None:
         return default
@@ -841,7 +507,7 @@ def _choice(r: _Reader, key: str, choices: dict[str, Any], default: Any) -> Any:
     return choices[value]
 
 
-def _normalise_base_url(r: _Reader, url: str, preset: Preset) -> str:
+def _normalise_base_url(r: Reader, url: str, preset: Preset) -> str:
     if not re.match(r"^https?://[^/\s]+", url):
         r.fail(f"{url!r} is not an http(s) URL", "write e.g. `base_url: https://host/v1`", "base_url")
     url = url.rstrip("/")
@@ -851,7 +517,7 @@ def _normalise_base_url(r: _Reader, url: str, preset: Preset) -> str:
 
 
 def _routes(source: str, data: Any, names: set[str]) -> dict[str, list[str]]:
-    r = _Reader(source, "routes", data)
+    r = Reader(source, "routes", data)
     routes: dict[str, list[str]] = {}
     for pattern, targets in r.data.items():
         r.seen.add(pattern)
@@ -869,7 +535,7 @@ def _routes(source: str, data: Any, names: set[str]) -> dict[str, list[str]]:
 
 
 def _aliases(source: str, data: Any, names: set[str]) -> dict[str, list[tuple[str, str]]]:
-    r = _Reader(source, "aliases", data)
+    r = Reader(source, "aliases", data)
     aliases: dict[str, list[tuple[str, str]]] = {}
     for alias, targets in r.data.items():
         r.seen.add(alias)
@@ -893,14 +559,14 @@ def _aliases(source: str, data: Any, names: set[str]) -> dict[str, list[tuple[st
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
-    r = _Reader(source, "", data)
+    r = Reader(source, "", data)
     server = _server(source, r.get("server"))
     refs = References(r.string("data_dir", "data") or "data", r.string("master_key_file"))
     auth = _auth(source, r.get("auth"), refs)
     logging_config = _logging(source, r.get("logging"))
     store = _store(source, r.get("store"), refs.data_dir)
     sampling_rules = _sampling_rules(source, r.get("anthropic_sampling_rules"))
-    reliability_reader = _Reader(source, "reliability", r.get("reliability"))
+    reliability_reader = Reader(source, "reliability", r.get("reliability"))
     reliability = _reliability(reliability_reader, Reliability())
     reliability_reader.finish()
     limits = _limits(source, r.get("limits"))
@@ -938,39 +604,3 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         reliability=reliability,
         limits=limits,
     )
-
-
-def _read_yaml(path: str | os.PathLike[str]) -> Any:
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"{source}: cannot read the file ({exc.strerror}). Fix: pass an existing file with --config."
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}). Fix: save the file as UTF-8.") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        raise ConfigError(f"{source}: not valid YAML at {where}. Fix: correct the syntax there.") from None
-
-
-def store_location(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """(data_dir, master_key_file) from a config file, without resolving any reference in it."""
-    r = _Reader(str(path), "", _read_yaml(path))
-    refs = References(r.string("data_dir", "data") or "data", r.string("master_key_file"))
-    return refs.data_dir, refs.master_key_file
-
-
-def ca_location(path: str | os.PathLike[str]) -> Path:
-    """`proxy.ca_dir` from a config file (default `{data_dir}/ca`), without resolving any reference in it."""
-    r = _Reader(str(path), "", _read_yaml(path))
-    proxy = _Reader(str(path), "proxy", r.get("proxy"))
-    return Path(proxy.string("ca_dir") or Path(r.string("data_dir", "data") or "data") / "ca")
-
-
-def load_config(path: str | os.PathLike[str]) -> Config:
-    return parse_config(_read_yaml(path), str(path))
