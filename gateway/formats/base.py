@@ -97,6 +97,24 @@ def leftover_fields(
             unsupported_list.append(f"{key}: cannot be translated")
 
 
+def listed_ids(body: bytes, list_key: str, id_key: str, prefix: str = "") -> list[str]:
+    """The non-empty string ids (`body[list_key][].id_key`, without `prefix`) of a model listing.
+    Raises UpstreamError(bad_response) for a body that is not JSON or has no such list."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad("model listing is not JSON") from None
+    items = parsed.get(list_key) if isinstance(parsed, dict) else None
+    if not isinstance(items, list):
+        raise bad("model listing has no list of models")
+    ids = []
+    for item in items:
+        value = item.get(id_key) if isinstance(item, dict) else None
+        if isinstance(value, str) and value:
+            ids.append(value.removeprefix(prefix))
+    return ids
+
+
 def invalid_value(param: str, message: str) -> GatewayError:
     """A 400 worded as OpenAI's APIs word a bad parameter (Chat Completions and Responses clients)."""
     return GatewayError(400, f"Invalid '{param}': {message}.", code="invalid_value", param=param)

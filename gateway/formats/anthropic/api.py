@@ -13,7 +13,7 @@ import orjson
 from ...config.model import Connection
 from ...contracts import Dialect
 from ...presets import SamplingRule
-from ..base import bad
+from .. import base
 from .upstream import Upstream
 
 # --- tables ------------------------------------------------------------------------------------
@@ -61,19 +61,7 @@ class Api:
     def listed_ids(self, body: bytes) -> list[str]:
         """The non-empty string `data[].id`s of a listing. Raises UpstreamError(bad_response) for a
         body that is not JSON or has no `data` list."""
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise bad("model listing is not JSON") from None
-        items = parsed.get("data") if isinstance(parsed, dict) else None
-        if not isinstance(items, list):
-            raise bad("model listing has no list of models")
-        ids = []
-        for item in items:
-            value = item.get("id") if isinstance(item, dict) else None
-            if isinstance(value, str) and value:
-                ids.append(value)
-        return ids
+        return base.listed_ids(body, "data", "id")
 
     def model_object(self, model_id: str, owner: str, created: int) -> dict[str, Any]:
         """A ModelInfo: `created_at` is `created` (Unix seconds) in ISO 8601 UTC; the owner is not shown."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...contracts import Dialect
-from ..base import bad
+from .. import base
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -58,19 +58,7 @@ class Api:
     def listed_ids(self, body: bytes) -> list[str]:
         """`models[].name` without its `models/` prefix. Raises UpstreamError(bad_response) for a body
         that is not JSON or has no list of models."""
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise bad("model listing is not JSON") from None
-        items = parsed.get("models") if isinstance(parsed, dict) else None
-        if not isinstance(items, list):
-            raise bad("model listing has no list of models")
-        ids = []
-        for item in items:
-            value = item.get("name") if isinstance(item, dict) else None
-            if isinstance(value, str) and value:
-                ids.append(value.removeprefix("models/"))
-        return ids
+        return base.listed_ids(body, "models", "name", "models/")
 
     def model_object(self, model_id: str, owner: str, created: int) -> dict[str, Any]:
         """A Model resource: `models/<id>`, the id as its display name, the generation methods."""

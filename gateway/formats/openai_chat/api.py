@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...contracts import Dialect
-from ..base import bad
+from .. import base
 from . import upstream
 
 if TYPE_CHECKING:
@@ -56,19 +56,7 @@ class Api:
     def listed_ids(self, body: bytes) -> list[str]:
         """The `data[].id` strings of a listing (items without one are skipped). Raises
         UpstreamError(bad_response) for a body that is not JSON or has no `data` array."""
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise bad("model listing is not JSON") from None
-        items = parsed.get("data") if isinstance(parsed, dict) else None
-        if not isinstance(items, list):
-            raise bad("model listing has no list of models")
-        ids = []
-        for item in items:
-            value = item.get("id") if isinstance(item, dict) else None
-            if isinstance(value, str) and value:
-                ids.append(value)
-        return ids
+        return base.listed_ids(body, "data", "id")
 
     def model_object(self, model_id: str, owner: str, created: int) -> dict[str, Any]:
         """`{id, object: "model", created, owned_by}`."""
