@@ -16,7 +16,7 @@ from .catalog import Catalog
 from .config import Config
 from .errors import GatewayError
 from .metrics import Metrics
-from .proxy import ProxySite
+from .proxy.listener import ProxySite
 from .record import RequestRecord
 from .reliability import ConnectionStates
 from .reload import WATCHER, ConfigWatcher
