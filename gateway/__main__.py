@@ -80,7 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import serve as run_server
     from .logs import setup_logging
-    from .proxy import ProxyStartError
+    from .proxy.listener import ProxyStartError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # until the config is read
     try:

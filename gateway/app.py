@@ -16,7 +16,7 @@ from .catalog import Catalog
 from .config.model import Config
 from .errors import GatewayError
 from .metrics import Metrics
-from .proxy import ProxySite
+from .proxy.listener import ProxySite
 from .record import RequestRecord
 from .reload import WATCHER, ConfigWatcher
 from .runtime import GATEWAY, RECORD, Gateway

@@ -29,7 +29,7 @@ from gateway.app import start
 from gateway.ca import CertificateAuthority, system_bundle
 from gateway.config.model import ConfigError
 from gateway.config.sections import parse_config
-from gateway.proxy import ProxySite
+from gateway.proxy.listener import ProxySite
 
 from .conftest import CLIENT_KEY, Received, connection, gateway_config
 from .mock_openai import completion, json_handler, stream_handler, text_stream

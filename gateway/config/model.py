@@ -170,7 +170,7 @@ HOST_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-
 
 @dataclass(slots=True)
 class ProxyConfig:
-    """The HTTP(S) proxy listener (`gateway/proxy.py`), off unless a `proxy:` section is configured."""
+    """The HTTP(S) proxy listener (`gateway/proxy/`), off unless a `proxy:` section is configured."""
 
     enabled: bool = False
     host: str = "127.0.0.1"

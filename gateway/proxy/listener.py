@@ -1,22 +1,13 @@
-"""The HTTP(S) proxy listener: apps that hard-code api.openai.com reach the gateway with `HTTPS_PROXY`.
-
-One connection at a time, the listener reads the request head and decides:
+"""The proxy listener: reads each client connection's request head and decides what it becomes.
 
 - `CONNECT host:443` to an intercepted host: answer 200, terminate TLS with a certificate for that host
   signed by the gateway CA (`gateway/ca.py`), then hand the decrypted connection to an aiohttp request
-  handler. In `managed` mode that handler comes from the runner's own server, so the requests take the
-  one request path of the reverse proxy (middleware, auth, routing, fallback, translation, metrics,
-  log line). In `observe` mode it comes from a small server per host (`Observer`) that forwards each
-  request unchanged to the real host and records it.
-- `CONNECT host:port` listed under `proxy.tunnel`: a blind byte relay.
-- A plain-HTTP absolute-URI request (`POST http://api.openai.com/v1/...`) to an intercepted host: the
-  head is rewritten to origin form with `Connection: close` and the connection handed over the same way
-  (one request per proxy connection, so every request passes the checks below).
-- Anything else: 403. Missing or wrong proxy credentials: 407. Every refusal is an HTTP response.
-
-Connections the proxy makes itself (tunnels, observe mode) go through `Targets`: `proxy.host_map`,
-then DNS, then the address check (no loopback, link-local or private address unless
-`proxy.allow_private`), and connect only to the addresses that were checked.
+  handler: the runner's own server in `managed` mode, the host's `Observer` server in `observe` mode.
+- `CONNECT host:port` listed under `proxy.tunnel`: a blind byte relay to the address `Targets` checked.
+- A plain-HTTP absolute-URI request to an intercepted host: the head is rewritten to origin form with
+  `Connection: close` and the connection handed over the same way.
+- Anything else: 403. Missing or wrong proxy credentials: 407. Every refusal is an HTTP response
+  (`Refusal`), counted in `gateway_proxy_connections` by mode and outcome.
 """
 
 from __future__ import annotations
@@ -29,53 +20,27 @@ import hmac
 import http
 import ipaddress
 import logging
-import socket
-import ssl
 import time
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-import orjson
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from prometheus_client.core import CounterMetricFamily
-from yarl import URL
 
-from . import handlers
-from .ca import CAError, CertificateAuthority, system_bundle
-from .config.model import HOST_RE, Config, ProxyConfig
-from .errors import GatewayError, Reason, classify_status
-from .metrics import Counter
-from .record import Attempt, RequestRecord
-from .runtime import GATEWAY, Gateway
+from ..ca import CAError, CertificateAuthority
+from ..config.model import HOST_RE, Config
+from ..metrics import Counter
+from ..runtime import GATEWAY
+from .observe import HOP_BY_HOP, Observer
+from .targets import PrivateAddress, Targets
 
-log = logging.getLogger("gateway.proxy")
+log = logging.getLogger("gateway.proxy")  # the name operators filter on, kept from the single module
 
 HEAD_LIMIT = 64 * 1024  # request line and headers
 HEAD_TIMEOUT = 30.0  # seconds to send them
-CONNECT_TIMEOUT = 10.0  # to a real host (tunnels, observe mode)
 HANDSHAKE_TIMEOUT = 10.0  # TLS with the proxy client
-OBSERVE_ROUTE = "observe"
 CONNECTION_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 PROXY_AUTHENTICATE = 'Basic realm="ai-gateway", charset="UTF-8"'
-# Headers that belong to one hop: never passed on by the proxy.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# aiohttp adds these to a request when absent; observe mode sends only what the client sent.
-AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class Refusal(Exception):
@@ -93,261 +58,14 @@ class ProxyStartError(Exception):
     """The proxy listener cannot start (its CA, its address); the message says why."""
 
 
-class PrivateAddress(OSError):
-    """Every address the target resolves to is one the proxy must not connect to."""
-
-
-def _public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-def _split_authority(authority: str, default_port: int | None) -> tuple[str, int] | None:
-    """`host:port` / `[v6]:port` -> (lowercase host, port), or None when it is not one."""
-    text = authority.strip().lower()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
-    else:
-        host, _, port_text = text.partition(":")
-        if ":" in port_text:
-            return None
-    host = host.rstrip(".")
-    if not port_text:
-        if default_port is None:
-            return None
-        port = default_port
-    elif port_text.isdigit() and 0 < int(port_text) <= 65535:
-        port = int(port_text)
-    else:
-        return None
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not HOST_RE.match(host):
-            return None
-    return host, port
-
-
-class Targets:
-    """Where the proxy connects for a real host: host_map, DNS, then the private-address check."""
-
-    def __init__(self, config: ProxyConfig) -> None:
-        self.host_map = config.host_map
-        self.allow_private = config.allow_private
-
-    async def resolve(self, host: str, port: int) -> list[tuple[socket.AddressFamily, str, int]]:
-        target, mapped_port = self.host_map.get(host, (host, None))
-        port = mapped_port or port
-        try:
-            ip = ipaddress.ip_address(target)
-            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-            found = [(family, str(ip), port)]
-        except ValueError:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(target, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-            except socket.gaierror as exc:
-                raise OSError(f"cannot resolve {host} ({exc.strerror})") from None
-            found = [(socket.AddressFamily(info[0]), str(info[4][0]), port) for info in infos]
-        allowed = list(dict.fromkeys(a for a in found if self.allow_private or _public(a[1])))
-        if not allowed:
-            raise PrivateAddress(
-                f"{host} resolves only to loopback, link-local or private addresses, which this proxy does not "
-                "connect to (proxy.allow_private: true allows them)"
-            )
-        return allowed
-
-    async def connect(self, host: str, port: int, factory: Any) -> tuple[asyncio.Transport, Any]:
-        """Connect to the first checked address that answers; refusals as `Refusal`."""
-        try:
-            addresses = await self.resolve(host, port)
-        except PrivateAddress as exc:
-            raise Refusal(403, str(exc), "private_address") from None
-        except OSError as exc:
-            raise Refusal(502, str(exc), "connect_error") from None
-        loop = asyncio.get_running_loop()
-        failure = "no address answered"
-        for family, address, target_port in addresses:
-            try:
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    return await loop.create_connection(factory, address, target_port, family=family)
-            except TimeoutError:
-                failure = f"connect timed out after {CONNECT_TIMEOUT:g} s"
-            except OSError as exc:
-                failure = (exc.strerror or type(exc).__name__).lower()
-        status = 504 if "timed out" in failure else 502
-        raise Refusal(status, f"cannot connect to {host}:{port} ({failure})", "connect_error")
-
-
-class _CheckedResolver(AbstractResolver):
-    """aiohttp's resolver for observe mode: `Targets` decides; the host name stays the real one, so
-    TLS verifies the real host's certificate."""
-
-    def __init__(self, targets: Targets) -> None:
-        self.targets = targets
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            ResolveResult(hostname=host, host=address, port=target_port, family=fam, proto=0, flags=0)
-            for fam, address, target_port in await self.targets.resolve(host, port)
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
 class _Collector:
+    """Hands the proxy's counter to the gateway's Prometheus registry."""
+
     def __init__(self, counter: Counter) -> None:
         self.counter = counter
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield self.counter.family()
-
-
-class Observer:
-    """Observe mode: each decrypted request goes unchanged (the client's own credentials included) to
-    the real host, verified against the system trust store or `proxy.upstream_ca_file`; the gateway
-    records metrics and the log line, labelled with the configured host name."""
-
-    def __init__(self, config: Config, gateway: Gateway, targets: Targets) -> None:
-        self.config = config
-        self.gateway = gateway
-        cafile = config.proxy.upstream_ca_file
-        if cafile is None:
-            system = system_bundle()
-            cafile = str(system) if system is not None else None
-        context = ssl.create_default_context(cafile=cafile)
-        connector = aiohttp.TCPConnector(resolver=_CheckedResolver(targets), ssl=context, limit=0)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, trust_env=False, timeout=aiohttp.ClientTimeout(total=None)
-        )
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def handle(self, host: str, request: web.BaseRequest) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        record = RequestRecord(
-            request_id=handlers.request_id(request),
-            route=OBSERVE_ROUTE,
-            client_api=handlers.client_api_for(request, OBSERVE_ROUTE),
-            started=loop.time(),
-        )
-        self.gateway.begin(record)
-        response: web.StreamResponse | None = None
-        try:
-            response = await self._forward(host, request, record)
-        except GatewayError as err:
-            response = handlers.error_response(record.client_api, err)
-        except asyncio.CancelledError:
-            record.client_disconnected = True
-            raise
-        finally:
-            self.gateway.finish(record, response)
-        return response
-
-    async def _forward(self, host: str, request: web.BaseRequest, record: RequestRecord) -> web.StreamResponse:
-        body = await self._body(request)
-        if body:
-            _note_request(record, body)
-        authority = f"[{host}]" if ":" in host else host
-        url = URL(f"https://{authority}{request.raw_path}", encoded=True)
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}]
-        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]  # aiohttp frames the body
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
-        attempt = Attempt(connection=host, reason=Reason.OK)
-        record.attempts.append(attempt)
-        try:
-            upstream = await self.session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body if body or request.body_exists else None,
-                allow_redirects=False,
-                skip_auto_headers=AUTO_HEADERS,
-                timeout=self.timeout,
-            )
-        except aiohttp.ClientError as exc:
-            attempt.duration = attempt.waited = loop.time() - sent
-            raise _upstream_failure(host, exc, attempt) from None
-        try:
-            attempt.ttfb = loop.time() - sent
-            attempt.status = upstream.status
-            record.connection = host
-            if upstream.status >= 400:
-                attempt.reason = classify_status(upstream.status, b"")
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in upstream.headers.items():
-                if name.lower() not in HOP_BY_HOP:
-                    response.headers.add(name, value)
-            await response.prepare(request)
-            record.ttfb = loop.time() - record.started
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-            except aiohttp.ClientError:
-                attempt.reason = Reason.BAD_RESPONSE
-                attempt.detail = "the answer was cut short"
-                record.failed_after_commit = True
-                assert request.transport is not None
-                request.transport.close()  # the client must not take a cut answer for a whole one
-                return response
-            await response.write_eof()
-            return response
-        finally:
-            attempt.duration = attempt.waited = loop.time() - sent
-            upstream.release()
-
-    async def _body(self, request: web.BaseRequest) -> bytes:
-        limit = self.config.server.max_body_bytes
-        too_large = GatewayError(413, f"Request body is larger than the limit of {limit} bytes.")
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
-        body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
-
-
-def _note_request(record: RequestRecord, body: bytes) -> None:
-    """The model and stream flag for the log line, when the body says them."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return
-    if isinstance(parsed, dict):
-        if isinstance(parsed.get("model"), str):
-            record.model = parsed["model"][:200]
-        record.stream = parsed.get("stream") is True
-
-
-def _upstream_failure(host: str, exc: aiohttp.ClientError, attempt: Attempt) -> GatewayError:
-    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else None
-    if isinstance(cause, PrivateAddress):
-        attempt.reason, attempt.detail = Reason.CONNECT_ERROR, "private address refused"
-        return GatewayError(403, str(cause), code="private_address")
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        attempt.reason, attempt.detail = Reason.CONNECT_ERROR, "TLS verification failed"
-        return GatewayError(
-            502,
-            f"The certificate of {host} did not verify against the trust store "
-            "(proxy.upstream_ca_file sets another one).",
-            code="upstream_tls_error",
-        )
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        attempt.reason, attempt.detail = Reason.TIMEOUT, "connect timed out"
-        return GatewayError(504, f"Connecting to {host} timed out after {CONNECT_TIMEOUT:g} s.", code="timeout")
-    attempt.reason, attempt.detail = Reason.CONNECT_ERROR, type(exc).__name__
-    return GatewayError(502, f"Cannot reach {host} ({type(exc).__name__}).", code="upstream_unreachable")
 
 
 class ProxySite(web.BaseSite):
@@ -381,6 +99,10 @@ class ProxySite(web.BaseSite):
         return self.settings.port
 
     async def start(self) -> None:
+        """Load (or create) the CA, start the observe servers, listen.
+
+        Raises `ProxyStartError` when the CA cannot be loaded or created, or the address is not free.
+        """
         try:
             self.ca, created = CertificateAuthority.load_or_create(self.settings.ca_dir)
         except CAError as exc:
@@ -416,6 +138,7 @@ class ProxySite(web.BaseSite):
         )
 
     async def stop(self) -> None:
+        """Close the listener, abort connections still its own, drain the observe servers."""
         await super().stop()  # the listener closes
         for connection in list(self.connections):  # heads being read, tunnels
             connection.abort()
@@ -427,6 +150,8 @@ class ProxySite(web.BaseSite):
             await self.observer.close()
 
     def mode_for(self, host: str, port: int) -> str | None:
+        """What a CONNECT to `host:port` becomes: the intercept mode (`managed`, `observe`), `tunnel`,
+        or None when the proxy does neither."""
         if port == 443 and host in self.settings.intercept:
             return self.settings.intercept[host]
         if (host, port) in self.settings.tunnel:
@@ -434,6 +159,10 @@ class ProxySite(web.BaseSite):
         return None
 
     def server_for(self, host: str, mode: str) -> web.Server:
+        """The aiohttp server whose request handler takes an intercepted connection for `host`.
+
+        Raises `Refusal` 503 when the runner's server is gone (the gateway is shutting down).
+        """
         if mode == "observe":
             return self.observe_servers[host]
         server = self._runner.server
@@ -442,6 +171,8 @@ class ProxySite(web.BaseSite):
         return server  # type: ignore[return-value]
 
     def authorized(self, headers: list[tuple[str, str]]) -> bool:
+        """True when no proxy secret is configured, or `Proxy-Authorization` carries one (as the
+        password of Basic, or as Bearer)."""
         if not self._secrets:
             return True
         value = next((v for k, v in headers if k.lower() == "proxy-authorization"), "")
@@ -611,6 +342,8 @@ class ProxyProtocol(asyncio.Protocol):
     # --- dispatch ---------------------------------------------------------------------------------
 
     async def _dispatch(self, head: bytes, rest: bytes) -> None:
+        """Turn the connection into what its head asks for, or answer with the refusal; never raises
+        (a cancellation aside)."""
         try:
             method, target, version, headers = _parse_head(head)
             if not self.site.authorized(headers):
@@ -632,6 +365,8 @@ class ProxyProtocol(asyncio.Protocol):
             self._refuse(Refusal(500, "Internal proxy error.", "error"))
 
     async def _connect(self, target: str, rest: bytes) -> None:
+        """CONNECT: a tunnel or an interception. Raises `Refusal` 400 for a target that is not host:port,
+        403 for one neither intercepted nor tunnelled, and what `_tunnel` and `_intercept` raise."""
         parsed = _split_authority(target, None)
         if parsed is None:
             raise Refusal(400, "CONNECT needs host:port.", "bad_request")
@@ -651,7 +386,16 @@ class ProxyProtocol(asyncio.Protocol):
             await self._intercept(host, mode, rest)
 
     async def _tunnel(self, host: str, port: int, rest: bytes) -> None:
-        transport, _ = await self.site.targets.connect(host, port, lambda: _TunnelEnd(self))
+        """Connect to the real host and relay bytes; raises `Refusal` when it cannot be reached
+        (403 private address, 504 timeout, 502 otherwise)."""
+        try:
+            transport, _ = await self.site.targets.connect(host, port, lambda: _TunnelEnd(self))
+        except PrivateAddress as exc:
+            raise Refusal(403, str(exc), "private_address") from None
+        except TimeoutError as exc:
+            raise Refusal(504, str(exc), "connect_error") from None
+        except OSError as exc:  # the host does not resolve, or no address answered
+            raise Refusal(502, str(exc), "connect_error") from None
         assert self.transport is not None
         if self.state != "dispatch":  # the client left while we connected
             transport.close()
@@ -667,6 +411,8 @@ class ProxyProtocol(asyncio.Protocol):
         self.site.count("tunnel", "ok")
 
     async def _intercept(self, host: str, mode: str, rest: bytes) -> None:
+        """Terminate TLS and hand the connection to the request handler. Raises `Refusal` 400 when data
+        came before the 200, 503 when shutting down; a failed handshake is counted and logged only."""
         if rest:
             raise Refusal(400, "Send the TLS handshake after the 200 answer to CONNECT, not before.", "bad_request")
         assert self.site.ca is not None and self.transport is not None
@@ -702,6 +448,11 @@ class ProxyProtocol(asyncio.Protocol):
         self.site.count(mode, "ok")
 
     def _plain(self, method: str, target: str, version: str, headers: list[tuple[str, str]], rest: bytes) -> None:
+        """A plain-HTTP proxy request: rewritten to origin form and handed to the request handler.
+
+        Raises `Refusal`: 400 for an origin-form or non-http target or one without a valid host, 403 for
+        a host not intercepted, 503 when shutting down.
+        """
         if target.startswith("/"):
             raise Refusal(
                 400,
@@ -790,7 +541,36 @@ class ProxyProtocol(asyncio.Protocol):
         )
 
 
+def _split_authority(authority: str, default_port: int | None) -> tuple[str, int] | None:
+    """`host:port` / `[v6]:port` -> (lowercase host, port), or None when it is not one."""
+    text = authority.strip().lower()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ("" if not rest else "x")
+    else:
+        host, _, port_text = text.partition(":")
+        if ":" in port_text:
+            return None
+    host = host.rstrip(".")
+    if not port_text:
+        if default_port is None:
+            return None
+        port = default_port
+    elif port_text.isdigit() and 0 < int(port_text) <= 65535:
+        port = int(port_text)
+    else:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not HOST_RE.match(host):
+            return None
+    return host, port
+
+
 def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
+    """(method, target, version, headers) of a request head without its final blank line; raises
+    `Refusal` 400 for a malformed request line or header line."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
