@@ -22,6 +22,7 @@ from ..ca import system_bundle
 from ..config.model import Config
 from ..errors import GatewayError, Reason, classify_status
 from ..record import Attempt, RequestRecord
+from ..routing.passthrough import pump
 from ..runtime import Gateway
 from .targets import CONNECT_TIMEOUT, PrivateAddress, Targets
 
@@ -149,24 +150,8 @@ class Observer:
             record.connection = host
             if upstream.status >= 400:
                 attempt.reason = classify_status(upstream.status, b"")
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in upstream.headers.items():
-                if name.lower() not in HOP_BY_HOP:
-                    response.headers.add(name, value)
-            await response.prepare(request)
-            record.ttfb = loop.time() - record.started
-            try:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-            except aiohttp.ClientError:
-                attempt.reason = Reason.BAD_RESPONSE
-                attempt.detail = "the answer was cut short"
-                record.failed_after_commit = True
-                assert request.transport is not None
-                request.transport.close()  # the client must not take a cut answer for a whole one
-                return response
-            await response.write_eof()
-            return response
+            headers = [(name, value) for name, value in upstream.headers.items() if name.lower() not in HOP_BY_HOP]
+            return await pump(request, upstream, headers, record, attempt, idle=None)
         finally:
             attempt.duration = attempt.waited = loop.time() - sent
             upstream.release()
