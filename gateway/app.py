@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import itertools
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from yarl import URL
 
-from . import admin, handlers
+from . import admin, handlers, paths
 from .catalog import Catalog
 from .config.model import Config
 from .errors import GatewayError
@@ -25,6 +28,8 @@ from .store import ResponseStore
 from .transport import Transport
 
 log = logging.getLogger("gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_MESSAGES = {
     404: "Unknown path: {method} {path}.",
@@ -46,8 +51,14 @@ async def bookkeeping(request: web.Request, handler) -> web.StreamResponse:
         client_api=handlers.client_api_for(request, route),
         started=loop.time(),
     )
+    try:
+        fixed, bad_path = paths.canonical(request.raw_path, request.method), None
+    except GatewayError as err:
+        fixed, bad_path = None, err
+    if fixed is not None:  # merged slashes: routed as the path it names
+        request, handler = await _rerouted(request, fixed, record)
     request[RECORD] = record
-    if route in handlers.PUBLIC_ROUTES:  # probes and scrapes: no key, no metrics, no log line
+    if record.route in handlers.PUBLIC_ROUTES:  # probes and scrapes: no key, no metrics, no log line
         response = await handler(request)
         response.headers.update(record.headers())
         return response
@@ -56,6 +67,8 @@ async def bookkeeping(request: web.Request, handler) -> web.StreamResponse:
     gateway.begin(record)
     response: web.StreamResponse | None = None
     try:
+        if bad_path is not None:
+            raise bad_path
         response = await handler(request)
         if not response.prepared:  # the client gets its answer before the bookkeeping below runs
             response.headers.update(record.headers())
@@ -81,6 +94,22 @@ async def bookkeeping(request: web.Request, handler) -> web.StreamResponse:
     if not response.prepared:  # an error answer, sent once the middleware returns
         response.headers.update(record.headers())
     return response
+
+
+async def _rerouted(request: web.Request, path: str, record: RequestRecord) -> tuple[web.Request, Handler]:
+    """The request as if it had come with its canonical `path`, and the handler of the route that
+    path matches behind the inner middleware layers (the route was matched on the raw path)."""
+    clone = request.clone(rel_url=URL.build(path=path, query_string=request.query_string, encoded=True))
+    match_info = await request.app.router.resolve(clone)
+    match_info.add_app(request.app)
+    match_info.freeze()
+    clone._match_info = match_info  # as aiohttp's Application._handle sets it
+    record.route = match_info.route.name or "unmatched"
+    record.client_api = handlers.client_api_for(clone, record.route)
+    inner: Handler = match_info.handler
+    for layer in reversed(MIDDLEWARES[1:]):
+        inner = functools.partial(layer, handler=inner)
+    return clone, inner
 
 
 @web.middleware

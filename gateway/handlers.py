@@ -20,6 +20,7 @@ from .formats.base import random_hex
 from .formats.canonical import estimate_tokens, request_chars
 from .formats.gemini import client as gemini_client
 from .formats.gemini import native as gemini_native
+from .formats.gemini import upstream as gemini_upstream
 from .formats.openai_chat import client as chat_client
 from .formats.openai_chat import native as chat_native
 from .formats.openai_responses import client as responses_client
@@ -282,6 +283,8 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
         raise GatewayError(
             404, f"Unknown method {method or '(none)'!r}: use generateContent, streamGenerateContent or countTokens."
         )
+    if gemini_upstream.MODEL_NAME.fullmatch(model.removeprefix("models/")) is None:
+        raise GatewayError(400, f"Invalid model name {model[:100]!r}.", code="invalid_model", param="model")
     body = await read_json_object(request)
     if method == "countTokens":
         return await _gemini_count_tokens(request, model, body)

@@ -7,10 +7,13 @@ kind and a reason, and with a message that holds no key and no URL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Callable, Mapping
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from .config.model import Connection
 from .errors import ErrorKind, Reason, UpstreamError, classify_status, parse_retry_after
@@ -43,10 +46,24 @@ DROPPED_RESPONSE_HEADERS = frozenset(
 ERROR_BODY_LIMIT = 64 * 1024
 
 
-def join_url(base_url: str, path: str, query: str = "") -> str:
-    """Base URL + the path after `/v1`, keeping prefixes such as `/openai/v1`."""
-    url = base_url.rstrip("/") + "/" + path.lstrip("/")
-    return f"{url}?{query}" if query else url
+# What may stand unquoted in a path segment (RFC 3986 pchar); everything else is percent-encoded.
+_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+
+
+@functools.lru_cache(maxsize=1024)
+def join_url(base_url: str, path: str) -> URL:
+    """The connection's base URL (prefixes such as `/openai/v1` kept) with `path` below it: each
+    segment percent-quoted, so nothing in it (a model name, a passthrough path) can leave the base
+    path or add a query; a query the gateway itself adds (`?alt=sse`) follows the first `?`. Built
+    encoded, so yarl does not resolve it again. Raises UpstreamError(unsupported) for a dot segment.
+    (Cached: a handful of paths serve almost every request.)"""
+    path, _, query = path.partition("?")
+    segments = path.strip("/").split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise UpstreamError(ErrorKind.PROTOCOL, Reason.UNSUPPORTED, "a path with a dot segment cannot be sent upstream")
+    encoded = "/".join(quote(segment, safe=_SEGMENT_SAFE) for segment in segments)
+    url = base_url.rstrip("/") + "/" + encoded
+    return URL(f"{url}?{query}" if query else url, encoded=True)
 
 
 def upstream_headers(

@@ -28,6 +28,7 @@ class Received:
     query: str
     headers: dict[str, str]
     body: bytes
+    raw_path: str = ""  # as it came on the request line (path and query, still encoded)
 
     @property
     def json(self) -> Any:
@@ -45,7 +46,9 @@ class Upstream:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Received(request.method, request.path, request.query_string, dict(request.headers), body))
+        self.requests.append(
+            Received(request.method, request.path, request.query_string, dict(request.headers), body, request.raw_path)
+        )
         try:
             return await self.handler(request)
         except (asyncio.CancelledError, ConnectionResetError):

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .. import handlers
+from .. import handlers, paths
 from ..ca import system_bundle
 from ..config.model import Config
 from ..errors import GatewayError, Reason, classify_status
@@ -124,7 +124,10 @@ class Observer:
         if body:
             _note_request(record, body)
         authority = f"[{host}]" if ":" in host else host
-        url = URL(f"https://{authority}{request.raw_path}", encoded=True)
+        # The same path rules as the reverse proxy's (`paths.canonical`): merged slashes, no dot segment.
+        path = paths.canonical(request.raw_path, request.method) or request.raw_path.partition("?")[0]
+        query = f"?{request.query_string}" if request.query_string else ""
+        url = URL(f"https://{authority}{path}{query}", encoded=True)
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}]
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]  # aiohttp frames the body
         loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -36,7 +37,10 @@ async def forward(
     attempt = Attempt(connection.name, Reason.OK)
     record.attempts.append(attempt)
     sent = loop.time()
-    call = UpstreamCall(f"{path}?{request.query_string}" if request.query_string else path, body, {})
+    # The client's query re-encoded from its parsed parameters (`?purpose=`, `?after=`): nothing in it
+    # can end the query or start a fragment.
+    query = urlencode(list(request.query.items()), quote_via=quote)
+    call = UpstreamCall(f"{path}?{query}" if query else path, body, {})
     try:
         try:
             async with asyncio.timeout_at(min(sent + limits.first_byte, chain_deadline)):

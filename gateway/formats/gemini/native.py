@@ -14,7 +14,7 @@ from .. import canonical as c
 from ..base import DecodedPassthrough, bad, fold_stream, parse_object
 from ..canonical import Usage
 from .client import Renderer, as_array, stream_error
-from .upstream import Decoder, parse_response
+from .upstream import Decoder, model_path, parse_response
 
 # --- classes -----------------------------------------------------------------------------------
 
@@ -34,8 +34,8 @@ class Native:
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
         method = "streamGenerateContent?alt=sse" if self.stream else "generateContent"
-        model = candidate.model.removeprefix("models/")
-        return UpstreamCall(f"/models/{model}:{method}", orjson.dumps(self.body), {"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        return UpstreamCall(model_path(candidate.model, method), orjson.dumps(self.body), headers)
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
         """The client's body (as it came, or folded from a stream; an array with `array`) and the
@@ -63,9 +63,8 @@ class NativeCountTokens(Native):
         super().__init__(body, stream=False)
 
     def upstream_call(self, candidate: Candidate) -> UpstreamCall:
-        model = candidate.model.removeprefix("models/")
         headers = {"Content-Type": "application/json"}
-        return UpstreamCall(f"/models/{model}:countTokens", orjson.dumps(self.body), headers)
+        return UpstreamCall(model_path(candidate.model, "countTokens"), orjson.dumps(self.body), headers)
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
         """The upstream's count as it came. Raises UpstreamError for a stream or a body that is not

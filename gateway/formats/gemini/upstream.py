@@ -35,9 +35,21 @@ FAILED = frozenset(
     {"MALFORMED_FUNCTION_CALL", "MISSING_THOUGHT_SIGNATURE", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"}
 )
 DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+);base64,(.*)$", re.DOTALL)
+# A model name goes into the URL (`/models/{model}:method`): only what Gemini's ids are made of.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 # --- functions ---------------------------------------------------------------------------------
+
+
+def model_path(model: str, method: str) -> str:
+    """`/models/{model}:{method}` for a model name with or without its `models/` prefix. Raises
+    UpstreamError(unsupported) for a name that is not a Gemini model id (nothing a client names may
+    change the URL's path or query)."""
+    name = model.removeprefix("models/")
+    if MODEL_NAME.fullmatch(name) is None:
+        raise unsupported(f"the model name {name[:100]!r} is not a Gemini model id")
+    return f"/models/{name}:{method}"
 
 
 def join_signature(call_id: str, signature: str | None) -> str:
@@ -275,8 +287,7 @@ class Upstream:
     def call(self, request: c.Request, candidate: Candidate) -> UpstreamCall:
         method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
         body = orjson.dumps(build_request(request))
-        model = candidate.model.removeprefix("models/")
-        return UpstreamCall(f"/models/{model}:{method}", body, {"Content-Type": "application/json"})
+        return UpstreamCall(model_path(candidate.model, method), body, {"Content-Type": "application/json"})
 
     def parse(self, body: bytes, connection: Connection) -> c.Response:
         return parse_response(body)
