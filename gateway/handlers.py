@@ -81,7 +81,8 @@ def error_response(api: Dialect, error: GatewayError) -> web.Response:
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    limit = request.app[GATEWAY].config.server.max_body_bytes
+    config = request.app[GATEWAY].config
+    limit = config.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise GatewayError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
     raw = await request.read()  # aiohttp's client_max_size also enforces the limit for chunked bodies
@@ -91,7 +92,25 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise GatewayError(400, f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
+    depth = config.limits.max_json_depth
+    # Only a body with more brackets than the limit can be nested deeper (counting them is C-fast).
+    if raw.count(b"{") + raw.count(b"[") > depth and _deeper_than(body, depth):
+        raise GatewayError(
+            400, f"Request body is nested deeper than {depth} levels (limits.max_json_depth).", code="invalid_json"
+        )
     return body
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects and arrays more than `limit` levels deep (without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if type(item) is dict else item
+        stack += [(child, depth + 1) for child in children if type(child) is dict or type(child) is list]
+    return False
 
 
 def _require(body: dict[str, Any], field: str, kinds: type | tuple[type, ...], what: str) -> Any:

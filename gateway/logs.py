@@ -15,6 +15,17 @@ from .record import RequestRecord
 
 request_log = logging.getLogger("gateway.request")
 
+# Log fields a client chose (a model name, a path, a proxy target) are cut here, so no request can
+# make a line of megabytes; `logging.bodies: true` keeps its own bound (the first MiB of a body).
+FIELD_LIMIT = 1024
+
+
+def bounded(text: str | None) -> str | None:
+    """`text`, or its first FIELD_LIMIT characters and a marker saying how many were cut."""
+    if text is None or len(text) <= FIELD_LIMIT:
+        return text
+    return f"{text[:FIELD_LIMIT]}...[{len(text) - FIELD_LIMIT} more characters]"
+
 
 def json_line(created: float, level: str, logger: str, message: str, fields: dict[str, Any] | None) -> dict[str, Any]:
     """What a JSON log line holds, in order."""
@@ -35,8 +46,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...`, control characters escaped (a client's newline
+    cannot forge a line); a traceback follows on lines of its own."""
+
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {_text(record.getMessage())}"
         fields = getattr(record, "fields", None)
         if fields:
             line += " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None)
@@ -59,8 +73,10 @@ def _timestamp(created: float) -> str:
 
 
 def _text(value: Any) -> str:
+    """A field's value on a text line: strings as they are unless they hold a control character
+    (then escaped), anything else as JSON."""
     if isinstance(value, str):
-        return value
+        return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
     return orjson.dumps(value, default=str).decode()
 
 
@@ -145,13 +161,13 @@ def request_fields(record: RequestRecord, duration: float) -> dict[str, Any]:
             "connection": a.connection, "reason": a.reason.value, "duration_ms": _ms(a.duration), "status": a.status
         }  # fmt: skip
         if a.detail:
-            attempt["detail"] = a.detail
+            attempt["detail"] = bounded(a.detail)
         attempts.append(attempt)
     fields: dict[str, Any] = {
         "request_id": record.request_id,
         "route": record.route,
         "client_format": record.client_api.value,
-        "model": record.model,
+        "model": bounded(record.model),
         "stream": record.stream,
         "status": record.status,
         "connection": record.connection,

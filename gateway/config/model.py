@@ -113,6 +113,7 @@ class LimitsConfig:
     max_header_bytes: int = 32 * 1024  # a client's request line and headers, together
     max_stream_seconds: float = 3600.0  # a streamed answer, commit to last byte; a client that stops reading
     # cannot hold a stream (and its upstream) longer than this
+    max_json_depth: int = 64  # nesting of a client's JSON body: deeper is a 400 before any translation
 
 
 @dataclass(slots=True)

@@ -217,10 +217,14 @@ def _limits(source: str, data: Any) -> LimitsConfig:
     out = LimitsConfig(
         max_header_bytes=r.number("max_header_bytes", d.max_header_bytes, integer=True),
         max_stream_seconds=float(r.number("max_stream_seconds", d.max_stream_seconds)),
+        max_json_depth=r.number("max_json_depth", d.max_json_depth, integer=True),
     )
     if out.max_header_bytes < 1024:
         fix = "e.g. `max_header_bytes: 32768`"
         r.fail(f"must be at least 1024, got {out.max_header_bytes}", fix, "max_header_bytes")
+    if not 2 <= out.max_json_depth <= 200:
+        fix = "e.g. `max_json_depth: 64` (client SDKs nest a handful of levels; tool schemas a few more)"
+        r.fail(f"must be from 2 to 200, got {out.max_json_depth}", fix, "max_json_depth")
     r.finish()
     return out
 
