@@ -113,6 +113,10 @@ class LimitsConfig:
     max_header_bytes: int = 32 * 1024  # a client's request line and headers, together
     max_stream_seconds: float = 3600.0  # a streamed answer, commit to last byte; a client that stops reading
     # cannot hold a stream (and its upstream) longer than this
+    # What one upstream answer may make the gateway hold (crossing one is bad_response, `too_large`):
+    max_upstream_body_bytes: int = 64 * 1024 * 1024  # a body read whole, after decompression
+    max_event_bytes: int = 4 * 1024 * 1024  # one SSE event
+    max_held_bytes: int = 4 * 1024 * 1024  # a stream before its first content (the commit point)
 
 
 @dataclass(slots=True)
