@@ -64,6 +64,13 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
 
 
+def too_large(what: str, limit: int, key: str) -> UpstreamError:
+    """An upstream answer past one of the `limits:` caps (`key`): bad_response, which falls back
+    before the commit point and ends the stream after it; `too_large` in the log."""
+    message = f"{what} too_large: over {limit} bytes (limits.{key})"
+    return UpstreamError(ErrorKind.PROTOCOL, Reason.BAD_RESPONSE, message)
+
+
 class GatewayError(Exception):
     """An answer the gateway itself gives (bad input, no connection, every attempt failed)."""
 

@@ -15,8 +15,8 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from .config.model import Connection
-from .errors import ErrorKind, Reason, UpstreamError, classify_status, parse_retry_after
+from .config.model import Connection, LimitsConfig
+from .errors import ErrorKind, Reason, UpstreamError, classify_status, parse_retry_after, too_large
 from .presets import auth_headers
 from .sse import SSEEvent, SSEParser
 
@@ -44,6 +44,7 @@ DROPPED_RESPONSE_HEADERS = frozenset(
     }
 )
 ERROR_BODY_LIMIT = 64 * 1024
+DEFAULT_LIMITS = LimitsConfig()  # for the gateway's own reads (model listings, connection tests)
 
 
 # What may stand unquoted in a path segment (RFC 3986 pchar); everything else is percent-encoded.
@@ -245,24 +246,37 @@ def _body_error(exc: aiohttp.ClientError, where: str) -> UpstreamError:
     )
 
 
-async def read_body(response: aiohttp.ClientResponse, idle: float) -> bytes:
-    """The whole body; a gap of `idle` seconds between two reads is a timeout (the caller bounds the total)."""
+async def read_body(
+    response: aiohttp.ClientResponse, idle: float, limit: int = DEFAULT_LIMITS.max_upstream_body_bytes
+) -> bytes:
+    """The whole body, decompressed. Raises UpstreamError: timeout for a gap of `idle` seconds between
+    two reads (the caller bounds the total), bad_response (too_large) past `limit` bytes."""
     content = response.content
     chunks = []
+    size = 0
     try:
         while True:
+            # Counted as aiohttp hands the bytes out, after decompression, which it does as it is
+            # read (a bounded amount per network read): a gzip bomb stops growing at `limit`.
             if content.is_eof():  # the rest is here already (small bodies arrive with their headers)
-                chunks.append(content.read_nowait())
+                chunk = content.read_nowait()
+                if size + len(chunk) > limit:
+                    break
+                chunks.append(chunk)
                 return b"".join(chunks)
             async with asyncio.timeout(idle):
                 chunk = await content.readany()
             if not chunk:
                 return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                break
             chunks.append(chunk)
     except TimeoutError:
         raise UpstreamError(ErrorKind.TIMEOUT, Reason.TIMEOUT, f"response body idle for {idle:g} s") from None
     except aiohttp.ClientError as exc:
         raise _body_error(exc, "body") from None
+    raise too_large("response body", limit, "max_upstream_body_bytes")
 
 
 class EventReader:
@@ -270,21 +284,32 @@ class EventReader:
     turn everything that arrived together into one write to its client.
 
     Before the commit point a plain read (`SSEParser.plain`) is taken one event at a time, the rest
-    kept unparsed: when the commit comes, what follows it in that read can pass as it came."""
+    kept unparsed: when the commit comes, what follows it in that read can pass as it came.
 
-    __slots__ = ("_committed", "_content", "_done", "_parser", "_pending", "_verbatim")
+    Bounded: one event at most `max_event` bytes, and what arrives before the commit point (held
+    until it, or dropped: role-only chunks, comments, empty events) at most `max_held` bytes."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    __slots__ = ("_committed", "_content", "_done", "_held", "_max_held", "_parser", "_pending", "_verbatim")
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        max_event: int = DEFAULT_LIMITS.max_event_bytes,
+        max_held: int = DEFAULT_LIMITS.max_held_bytes,
+    ) -> None:
         self._content = response.content
-        self._parser = SSEParser()
+        self._parser = SSEParser(max_event)
         self._done = False
         self._committed = False
         self._verbatim: Callable[[bytes], int] | None = None  # see `commit`
         self._pending = b""  # before the commit point: the unparsed rest of a plain read
+        self._held = 0  # the bytes read before the commit point
+        self._max_held = max_held
 
     async def read(self) -> list[SSEEvent | bytes] | None:
         """The next read's events (possibly none yet), past the commit point with the leading run of
-        them that `verbatim` passes as the bytes they came in; None once the stream has ended."""
+        them that `verbatim` passes as the bytes they came in; None once the stream has ended. Raises
+        UpstreamError: for a failed read, and bad_response (too_large) past a cap."""
         if self._pending:
             return self._next_pending()
         if self._done:
@@ -296,12 +321,15 @@ class EventReader:
         if not chunk:
             self._done = True
             return self._parser.close()
-        if self._parser.plain(chunk):
-            if not self._committed:
+        if not self._committed:
+            self._held += len(chunk)
+            if self._held > self._max_held:
+                raise too_large("stream before its first content", self._max_held, "max_held_bytes")
+            if self._parser.plain(chunk):
                 self._pending = chunk
                 return self._next_pending()
-            if self._verbatim is not None:
-                return self._passed(chunk)
+        elif self._verbatim is not None and self._parser.plain(chunk):
+            return self._passed(chunk)
         return self._parser.feed(chunk)
 
     def _next_pending(self) -> list[SSEEvent | bytes]:

@@ -114,6 +114,10 @@ class LimitsConfig:
     max_stream_seconds: float = 3600.0  # a streamed answer, commit to last byte; a client that stops reading
     # cannot hold a stream (and its upstream) longer than this
     max_json_depth: int = 64  # nesting of a client's JSON body: deeper is a 400 before any translation
+    # What one upstream answer may make the gateway hold (crossing one is bad_response, `too_large`):
+    max_upstream_body_bytes: int = 64 * 1024 * 1024  # a body read whole, after decompression
+    max_event_bytes: int = 4 * 1024 * 1024  # one SSE event
+    max_held_bytes: int = 4 * 1024 * 1024  # a stream before its first content (the commit point)
 
 
 @dataclass(slots=True)

@@ -211,17 +211,22 @@ def _admin(source: str, data: Any, refs: References) -> AdminConfig:
     return AdminConfig(token=token or None)
 
 
+# Byte caps under `limits:`; below 1 KiB even an ordinary request head or answer would not fit.
+_BYTE_LIMITS = ("max_header_bytes", "max_upstream_body_bytes", "max_event_bytes", "max_held_bytes")
+
+
 def _limits(source: str, data: Any) -> LimitsConfig:
     r = Reader(source, "limits", data)
     d = LimitsConfig()
+    sizes = {key: r.number(key, getattr(d, key), integer=True) for key in _BYTE_LIMITS}
+    for key, value in sizes.items():
+        if value < 1024:
+            r.fail(f"must be at least 1024 (bytes), got {value}", f"e.g. `{key}: {getattr(d, key)}`", key)
     out = LimitsConfig(
-        max_header_bytes=r.number("max_header_bytes", d.max_header_bytes, integer=True),
         max_stream_seconds=float(r.number("max_stream_seconds", d.max_stream_seconds)),
         max_json_depth=r.number("max_json_depth", d.max_json_depth, integer=True),
+        **sizes,
     )
-    if out.max_header_bytes < 1024:
-        fix = "e.g. `max_header_bytes: 32768`"
-        r.fail(f"must be at least 1024, got {out.max_header_bytes}", fix, "max_header_bytes")
     if not 2 <= out.max_json_depth <= 200:
         fix = "e.g. `max_json_depth: 64` (client SDKs nest a handful of levels; tool schemas a few more)"
         r.fail(f"must be from 2 to 200, got {out.max_json_depth}", fix, "max_json_depth")

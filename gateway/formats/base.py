@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ..errors import ErrorKind, GatewayError, Reason, UpstreamError, classify_status
-from ..sse import SSEEvent, SSEParser, encode_event
+from ..sse import SSEEvent, encode_event, events_of
 from . import canonical as c
 
 log = logging.getLogger("gateway.formats")
@@ -198,9 +198,8 @@ class EachEvent:
 def fold_stream(body: bytes, decoder: Any) -> c.Response:
     """A whole SSE body (an upstream that streamed although asked for JSON) -> one canonical Response,
     through the format's own stream decoder."""
-    parser = SSEParser()
     answer = c.Accumulator()
-    for event in parser.feed(body) + parser.close():
+    for event in events_of(body):
         answer.add(decoder.feed(event))
     answer.add(decoder.end())
     return answer.result()

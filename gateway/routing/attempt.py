@@ -120,6 +120,7 @@ async def run(
     relay, record = exchange.relay, exchange.record
     connection = candidate.connection
     limits = connection.timeout
+    caps = exchange.router.config.limits  # what this answer may make the gateway hold
     sent = loop.time()
     attempt_end = sent + limits.total
     commit_by = min(sent + limits.first_byte, exchange.deadline, attempt_end)
@@ -140,19 +141,20 @@ async def run(
             whole_body = relay.stream and not event_stream  # an upstream that ignored `stream: true`
             if whole_body:
                 phase = "body"
-                converted, usage = relay.stream_body(candidate, await read_body(upstream, limits.idle))
+                whole = await read_body(upstream, limits.idle, caps.max_upstream_body_bytes)
+                converted, usage = relay.stream_body(candidate, whole)
                 held.append(converted)
             elif streaming:
                 phase = "content"
                 stream = relay.stream_relay(candidate)
-                reader = EventReader(upstream)
+                reader = EventReader(upstream, caps.max_event_bytes, caps.max_held_bytes)
                 await until_content(reader, stream, held)
             else:
                 phase = "body"
                 attempt.ttfb = loop.time() - sent
                 deadline = attempt_end
                 watchdog.extend(deadline)
-                body = await read_body(upstream, limits.idle)
+                body = await read_body(upstream, limits.idle, caps.max_upstream_body_bytes)
         except asyncio.CancelledError:
             if watchdog.claim():
                 raise timeout_error(phase, deadline - sent) from None

@@ -14,7 +14,7 @@ import orjson
 from ...config.model import Connection
 from ...contracts import Candidate, Dialect, UpstreamCall
 from ...errors import UpstreamError
-from ...sse import SSEEvent, SSEParser, encode_comment, encode_event
+from ...sse import SSEEvent, encode_comment, encode_event, events_of
 from .. import canonical as c
 from ..base import EachEvent, bad, parse_object
 from ..canonical import Usage
@@ -117,9 +117,8 @@ class Native:
 
     def response_body(self, candidate: Candidate, body: bytes, event_stream: bool) -> tuple[bytes, Usage | None]:
         if event_stream:  # the terminal event carries the whole response
-            parser = SSEParser()
             final = None
-            for event in parser.feed(body) + parser.close():
+            for event in events_of(body):
                 if event.data != b"[DONE]" and not event.comment:
                     payload = parse_object(event.data, "stream event")
                     if payload.get("type") in ("error", "response.failed"):
