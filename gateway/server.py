@@ -186,8 +186,12 @@ class GuardedHandler(RequestHandler):
             self._head_bytes = seen
 
     def _parsed(self) -> None:
-        """A head was parsed: time its body, or wait for the next head."""
+        """A head was parsed (or refused): time its body, or wait for the next head."""
         message, payload = self._messages[-1]
+        if not hasattr(message, "chunked"):  # the parser refused the head: aiohttp answers (handle_error), closes
+            self._phase = _CLOSING
+            self._arm(self._clock.time() + LINGER)
+            return
         if payload.is_eof():  # no body, or all of it came with the head
             self._next_head()
             return
