@@ -12,6 +12,8 @@ import time
 import orjson
 import pytest
 
+from gateway.config.model import ConfigError
+from gateway.config.sections import parse_config
 from gateway.server import TOO_MANY_HEADERS
 from tests.conftest import CLIENT_KEY, connection, gateway_config
 from tests.mock_openai import completion, json_handler
@@ -275,3 +277,23 @@ async def test_keepalive_timeout_closes_an_idle_keep_alive_connection(start_upst
     assert data == b"" and TIMEOUT - 0.2 < closed - idle < TIMEOUT + MARGIN
     assert len(upstream.requests) == 2
     writer.close()
+
+
+def test_the_client_side_defaults_and_their_errors_at_load():
+    config = parse_config(gateway_config(connection("a", "http://127.0.0.1:9/v1")), "g.yaml")
+    limits = config.limits
+    assert (limits.header_timeout, limits.body_timeout, limits.body_min_rate) == (10, 30, 64 * 1024)
+    assert (limits.max_header_count, limits.max_header_line_bytes, limits.max_connections) == (100, 8192, 10_000)
+    assert config.server.keepalive_timeout == 75 and config.proxy.max_connections == 10_000
+    for section, message in (
+        ({"limits": {"header_timeout": 0}}, "g.yaml: limits.header_timeout: must be greater than 0"),
+        ({"limits": {"body_min_rate": 1.5}}, "g.yaml: limits.body_min_rate: must be a whole number"),
+        ({"limits": {"max_header_count": 10}}, "g.yaml: limits.max_header_count: must be at least 32"),
+        ({"limits": {"max_header_line_bytes": 100}}, "limits.max_header_line_bytes: must be at least 1024"),
+        ({"limits": {"max_connections": -1}}, "g.yaml: limits.max_connections: must be greater than 0"),
+        ({"server": {"keepalive_timeout": "long"}}, "g.yaml: server.keepalive_timeout: must be a number"),
+        ({"proxy": {"max_connections": 0}}, "g.yaml: proxy.max_connections: must be greater than 0"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config(gateway_config(connection("a", "http://127.0.0.1:9/v1"), **section), "g.yaml")
+        assert message in str(info.value) and "Fix: " in str(info.value), info.value
