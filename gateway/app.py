@@ -23,6 +23,7 @@ from .proxy.listener import ProxySite
 from .record import RequestRecord
 from .reload import WATCHER, ConfigWatcher
 from .runtime import GATEWAY, RECORD, Gateway
+from .server import ClientSite, headers_too_large
 from .state.memory import MemoryStates
 from .store import ResponseStore
 from .transport import Transport
@@ -137,13 +138,13 @@ MIDDLEWARES = (bookkeeping, limits, authentication)
 
 
 def _check_header_size(request: web.Request, limit: int) -> None:
-    """`limits.max_header_bytes` over the request line and all headers together (aiohttp bounds each line)."""
+    """`limits.max_header_bytes` over the request line and all headers together, as a head that reached
+    the parser is counted (gateway/server.py refuses one that is not finished within it)."""
     headers = request.raw_headers
     size = len(request.method) + len(request.raw_path) + 12 + 4 * len(headers)
     size += sum(map(len, itertools.chain.from_iterable(headers)))
     if size > limit:
-        message = f"Request headers are larger than the limit of {limit} bytes."
-        raise GatewayError(431, message, code="headers_too_large")
+        raise headers_too_large(limit)
 
 
 def create_app(config: Config, config_path: str | None = None) -> web.Application:
@@ -207,16 +208,12 @@ async def start(config: Config, host: str, port: int, config_path: str | None = 
     """Start serving; returns the runner (its `addresses` say where, its `app` holds the state)."""
     # handler_cancellation: a client that hangs up cancels its handler, and so its upstream request.
     # shutdown_timeout: how long in-flight requests and streams get to finish once the listener closes.
+    # The request handlers' own settings (parser limits, keep-alive, no access log) are gateway/server.py's.
     runner = web.AppRunner(
-        create_app(config, config_path),
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=config.server.drain_timeout,
-        max_line_size=config.limits.max_header_bytes,
-        max_field_size=config.limits.max_header_bytes,
+        create_app(config, config_path), handler_cancellation=True, shutdown_timeout=config.server.drain_timeout
     )
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    await ClientSite(runner, config, host, port).start()
     if config.proxy.enabled:  # the HTTPS proxy listener: a site of the same runner, so drain stops it too
         await ProxySite(runner, config).start()
     return runner

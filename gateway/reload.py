@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import operator
 import os
 from pathlib import Path
 
@@ -29,7 +30,10 @@ RESTART_ONLY = (
     ("server.host", lambda c: c.server.host),
     ("server.port", lambda c: c.server.port),
     ("server.max_body_bytes", lambda c: c.server.max_body_bytes),
-    ("limits.max_header_bytes", lambda c: c.limits.max_header_bytes),
+    ("server.keepalive_timeout", operator.attrgetter("server.keepalive_timeout")),
+    *((f"limits.{key}", operator.attrgetter(f"limits.{key}")) for key in (
+        "max_header_bytes", "header_timeout", "body_timeout", "body_min_rate", "max_header_count",
+        "max_header_line_bytes", "max_connections")),  # the client side: gateway/server.py
     ("store", lambda c: c.store),
     ("proxy", lambda c: c.proxy),
     ("data_dir", lambda c: c.data_dir),

@@ -106,6 +106,7 @@ class ServerConfig:
     drain_delay: float = 0.0  # after SIGTERM: keep accepting (readiness already 503) so endpoints update
     drain_timeout: float = 30.0  # then: how long in-flight requests and streams get to finish
     watch_interval: float = 2.0  # seconds between checks of the config file for changes; 0: only SIGHUP reloads
+    keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this (aiohttp's own: an hour)
 
 
 @dataclass(slots=True)
@@ -118,6 +119,13 @@ class LimitsConfig:
     max_upstream_body_bytes: int = 64 * 1024 * 1024  # a body read whole, after decompression
     max_event_bytes: int = 4 * 1024 * 1024  # one SSE event
     max_held_bytes: int = 4 * 1024 * 1024  # a stream before its first content (the commit point)
+    # The client side (gateway/server.py): what one connection may take before anything checks its key.
+    header_timeout: float = 10.0  # the whole request head, from its first byte (or from the connect)
+    body_timeout: float = 30.0  # the body, plus the time its declared length needs at body_min_rate
+    body_min_rate: int = 64 * 1024  # bytes a second; a chunked body is given max_body_bytes at this rate
+    max_header_count: int = 100
+    max_header_line_bytes: int = 8 * 1024  # one header's name and value
+    max_connections: int = 10_000  # open client connections on the server port; beyond: 503 and closed
 
 
 @dataclass(slots=True)
@@ -187,6 +195,7 @@ class ProxyConfig:
     upstream_ca_file: str | None = None  # observe mode verifies real hosts with this instead of the system store
     host_map: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # real host -> where to connect
     ca_dir: str = "data/ca"
+    max_connections: int = 10_000  # open proxy client connections, counted apart from limits.max_connections
 
 
 @dataclass(slots=True)

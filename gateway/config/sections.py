@@ -50,6 +50,7 @@ def _server(source: str, data: Any) -> ServerConfig:
         drain_delay=float(r.number("drain_delay", d.drain_delay, positive=False)),
         drain_timeout=float(r.number("drain_timeout", d.drain_timeout, positive=False)),
         watch_interval=float(r.number("watch_interval", d.watch_interval, positive=False)),
+        keepalive_timeout=float(r.number("keepalive_timeout", d.keepalive_timeout)),
     )
     for key in ("drain_delay", "drain_timeout", "watch_interval"):
         if getattr(server, key) < 0:
@@ -194,6 +195,7 @@ def _proxy(source: str, data: Any, refs: References, server: ServerConfig) -> Pr
         upstream_ca_file=upstream_ca_file,
         host_map=host_map,
         ca_dir=r.string("ca_dir") or default_ca_dir,
+        max_connections=r.number("max_connections", d.max_connections, integer=True),
     )
     r.finish()
     return out
@@ -225,11 +227,21 @@ def _limits(source: str, data: Any) -> LimitsConfig:
     out = LimitsConfig(
         max_stream_seconds=float(r.number("max_stream_seconds", d.max_stream_seconds)),
         max_json_depth=r.number("max_json_depth", d.max_json_depth, integer=True),
+        header_timeout=float(r.number("header_timeout", d.header_timeout)),
+        body_timeout=float(r.number("body_timeout", d.body_timeout)),
+        body_min_rate=r.number("body_min_rate", d.body_min_rate, integer=True),
+        max_header_count=r.number("max_header_count", d.max_header_count, integer=True),
+        max_header_line_bytes=r.number("max_header_line_bytes", d.max_header_line_bytes, integer=True),
+        max_connections=r.number("max_connections", d.max_connections, integer=True),
         **sizes,
     )
     if not 2 <= out.max_json_depth <= 200:
         fix = "e.g. `max_json_depth: 64` (client SDKs nest a handful of levels; tool schemas a few more)"
         r.fail(f"must be from 2 to 200, got {out.max_json_depth}", fix, "max_json_depth")
+    # Below these the official SDKs' own requests would be refused.
+    for key, least, example in (("max_header_count", 32, 100), ("max_header_line_bytes", 1024, 8192)):
+        if getattr(out, key) < least:
+            r.fail(f"must be at least {least}, got {getattr(out, key)}", f"e.g. `{key}: {example}`", key)
     r.finish()
     return out
 

@@ -21,7 +21,7 @@ import http
 import ipaddress
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -31,13 +31,13 @@ from ..ca import CAError, CertificateAuthority
 from ..config.model import HOST_RE, Config
 from ..metrics import Counter
 from ..runtime import GATEWAY
+from ..server import ConnectionCap, GuardedHandler, guarded
 from .observe import HOP_BY_HOP, Observer
 from .targets import PrivateAddress, Targets
 
 log = logging.getLogger("gateway.proxy")  # the name operators filter on, kept from the single module
 
-HEAD_LIMIT = 64 * 1024  # request line and headers
-HEAD_TIMEOUT = 30.0  # seconds to send them
+HEAD_LIMIT = 64 * 1024  # request line and headers (limits.header_timeout is the time to send them)
 HANDSHAKE_TIMEOUT = 10.0  # TLS with the proxy client
 CONNECTION_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 PROXY_AUTHENTICATE = 'Basic realm="ai-gateway", charset="UTF-8"'
@@ -83,6 +83,7 @@ class ProxySite(web.BaseSite):
         self.observer: Observer | None = None
         self.observe_servers: dict[str, web.Server] = {}
         self.connections: set[ProxyProtocol] = set()
+        self.cap = ConnectionCap("proxy.max_connections", config.proxy.max_connections)
         self.counter = Counter(
             "gateway_proxy_connections", "Proxy connections and requests, by mode and outcome.", ["mode", "outcome"]
         )
@@ -119,12 +120,15 @@ class ProxySite(web.BaseSite):
             self.observer = Observer(self.config, self.gateway, self.targets)
             for host in observed:
                 self.observe_servers[host] = web.Server(
-                    functools.partial(self.observer.handle, host), handler_cancellation=True, access_log=None
+                    functools.partial(self.observer.handle, host), handler_cancellation=True
                 )
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: ProxyProtocol(self), self.settings.host, self.settings.port, reuse_address=True
+                lambda: self.cap.admit(functools.partial(ProxyProtocol, self)),
+                self.settings.host,
+                self.settings.port,
+                reuse_address=True,
             )
         except OSError as exc:
             where = f"{self.settings.host}:{self.settings.port}"
@@ -158,17 +162,16 @@ class ProxySite(web.BaseSite):
             return "tunnel"
         return None
 
-    def server_for(self, host: str, mode: str) -> web.Server:
-        """The aiohttp server whose request handler takes an intercepted connection for `host`.
+    def handler_for(self, host: str, mode: str) -> Callable[..., GuardedHandler]:
+        """The factory of the request handler (with the client-side bounds) that takes an intercepted
+        connection for `host`: the observe server's, or the runner's.
 
         Raises `Refusal` 503 when the runner's server is gone (the gateway is shutting down).
         """
-        if mode == "observe":
-            return self.observe_servers[host]
-        server = self._runner.server
+        server = self.observe_servers[host] if mode == "observe" else self._runner.server
         if server is None:
             raise Refusal(503, "The gateway is shutting down.", "closed")
-        return server  # type: ignore[return-value]
+        return guarded(server, self.config)  # type: ignore[arg-type]
 
     def authorized(self, headers: list[tuple[str, str]]) -> bool:
         """True when no proxy secret is configured, or `Proxy-Authorization` carries one (as the
@@ -249,8 +252,9 @@ class ProxyProtocol(asyncio.Protocol):
     """One proxy client connection until it is handed over (to TLS and a request handler) or becomes a
     tunnel."""
 
-    def __init__(self, site: ProxySite) -> None:
+    def __init__(self, site: ProxySite, release: Callable[[], None]) -> None:
         self.site = site
+        self._release: Callable[[], None] | None = release  # the connection cap's: once, when it ends
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.state = "head"  # head -> dispatch -> tunnel | handed_over | closed
@@ -267,7 +271,8 @@ class ProxyProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.site.connections.add(self)
-        self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._head_timeout)
+        timeout = self.site.config.limits.header_timeout
+        self.timer = asyncio.get_running_loop().call_later(timeout, self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.state == "tunnel":
@@ -303,7 +308,10 @@ class ProxyProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        if self.state in ("handed_over", "closed"):
+        if self.state == "handed_over":  # the request handler releases the connection
+            return
+        self.release()
+        if self.state == "closed":
             return
         if self.state == "tunnel":
             self._log_tunnel()
@@ -417,7 +425,7 @@ class ProxyProtocol(asyncio.Protocol):
             raise Refusal(400, "Send the TLS handshake after the 200 answer to CONNECT, not before.", "bad_request")
         assert self.site.ca is not None and self.transport is not None
         context = self.site.ca.server_context(host)
-        server = self.site.server_for(host, mode)
+        make_handler = self.site.handler_for(host, mode)
         transport = self.transport
         self._hand_over()
         transport.write(CONNECTION_ESTABLISHED)
@@ -435,10 +443,12 @@ class ProxyProtocol(asyncio.Protocol):
                 host,
                 getattr(exc, "reason", None) or type(exc).__name__,
             )
+            self.release()
             return
         if tls is None or pending.lost or tls.is_closing():
+            self.release()
             return
-        handler = server()
+        handler = make_handler(self.release)
         tls.set_protocol(handler)
         handler.connection_made(tls)
         if pending.data:
@@ -471,7 +481,7 @@ class ProxyProtocol(asyncio.Protocol):
         if mode is None:
             raise Refusal(403, f"Plain HTTP to {host}:{port} is not intercepted by this proxy.", "forbidden")
         self.mode = mode
-        server = self.site.server_for(host, mode)
+        make_handler = self.site.handler_for(host, mode)
         path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         connection_tokens = {
             token.strip().lower() for k, v in headers if k.lower() == "connection" for token in v.split(",")
@@ -482,7 +492,7 @@ class ProxyProtocol(asyncio.Protocol):
         assert self.transport is not None
         transport = self.transport
         self._hand_over()
-        handler = server()
+        handler = make_handler(self.release)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         handler.data_received(new_head.encode("latin-1") + rest)
@@ -490,6 +500,12 @@ class ProxyProtocol(asyncio.Protocol):
         self.site.count(mode, "ok")
 
     # --- endings ----------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Count the connection out of `proxy.max_connections` (once; later calls do nothing)."""
+        if self._release is not None:
+            self._release()
+            self._release = None
 
     def _hand_over(self) -> None:
         """From here on the connection belongs to TLS and a request handler, not to this protocol."""
