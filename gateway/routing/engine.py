@@ -62,21 +62,7 @@ class Exchange:
     ) -> Awaitable[aiohttp.ClientResponse]:
         """Send one upstream request and wait for its headers; raises UpstreamError for a non-2xx.
         (Not a coroutine of its own: each level of awaiting costs every request.)"""
-        remaining = self.deadline - asyncio.get_running_loop().time()
-        router = self.router
-        client_headers = self.request.headers
-        return router.transport.open(
-            connection,
-            method,
-            call.path,
-            call.body or None,
-            key=key,
-            connect_timeout=max(0.001, min(connection.timeout.connect, remaining)),
-            headers=call.headers,
-            client_headers=client_headers,
-            forwarded=router.apis[connection.dialect].forwarded_headers(client_headers),
-            request_id=self.record.request_id,
-        )
+        return self.router.open(self.request, self.record, connection, method, call, key, self.deadline)
 
     def as_is(self, error: UpstreamError, connection: Connection) -> web.Response:
         """An upstream's own 4xx answer: unchanged (but for an echoed key) when the client speaks the
@@ -210,6 +196,33 @@ class Router:
         if last is not None:  # moving on (or out of time) after this connection's last failure
             exchange.failures.append((name, last))
         return None
+
+    def open(
+        self,
+        request: web.BaseRequest,
+        record: RequestRecord,
+        connection: Connection,
+        method: str,
+        call: UpstreamCall,
+        key: str | None,
+        deadline: float,
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        """`call` sent to `connection` for the client's `request`, its connect bounded by `deadline`
+        (loop time) too; the awaitable raises UpstreamError for a non-2xx."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        client_headers = request.headers
+        return self.transport.open(
+            connection,
+            method,
+            call.path,
+            call.body or None,
+            key=key,
+            connect_timeout=max(0.001, min(connection.timeout.connect, remaining)),
+            headers=call.headers,
+            client_headers=client_headers,
+            forwarded=self.apis[connection.dialect].forwarded_headers(client_headers),
+            request_id=record.request_id,
+        )
 
     def as_is(self, error: UpstreamError, connection: Connection, client: Dialect) -> web.Response:
         """An upstream's 4xx for a client of dialect `client` (see `Exchange.as_is`)."""

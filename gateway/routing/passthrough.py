@@ -45,17 +45,7 @@ async def forward(
         try:
             async with asyncio.timeout_at(min(sent + limits.first_byte, chain_deadline)):
                 key = router.states.pick_key(connection.name, loop.time(), set())
-                upstream = await router.transport.open(
-                    connection,
-                    request.method,
-                    call.path,
-                    call.body or None,
-                    key=key,
-                    connect_timeout=max(0.001, min(connection.timeout.connect, chain_deadline - loop.time())),
-                    client_headers=request.headers,
-                    forwarded=router.apis[connection.dialect].forwarded_headers(request.headers),
-                    request_id=record.request_id,
-                )
+                upstream = await router.open(request, record, connection, request.method, call, key, chain_deadline)
         except TimeoutError:
             raise timeout_error("headers", limits.first_byte) from None
     except UpstreamError as err:
